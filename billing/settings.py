@@ -266,7 +266,7 @@ class Section:
 
     def str(self, key: str, default: Any = MISSING) -> Any:
         def convert(v: Any) -> str:
-            if isinstance(v, bool) or isinstance(v, list | dict):
+            if isinstance(v, bool | list | dict):
                 raise ValueError(f"expected a string, got {type_name(v)}")
             return v if isinstance(v, str) else str(v)
 
