@@ -257,14 +257,14 @@ class Section:
     def _typed(self, key: str, default: Any, convert: Callable[[Any], T], fallback: T) -> T:
         value = self._get(key, default)
         if value is MISSING:
-            return fallback if default is MISSING else default  # type: ignore[no-any-return]
+            return fallback if default is MISSING else default
         try:
             return convert(value)
         except ValueError as exc:
             self.fail(key, str(exc))
-            return fallback if default is MISSING else default  # type: ignore[no-any-return]
+            return fallback if default is MISSING else default
 
-    def str(self, key: str, default: Any = MISSING) -> Any:
+    def text(self, key: str, default: Any = MISSING) -> Any:
         def convert(v: Any) -> str:
             if isinstance(v, bool | list | dict):
                 raise ValueError(f"expected a string, got {type_name(v)}")
@@ -272,7 +272,7 @@ class Section:
 
         return self._typed(key, default, convert, "")
 
-    def int(self, key: str, default: Any = MISSING, minimum: int | None = None) -> Any:
+    def integer(self, key: str, default: Any = MISSING, minimum: int | None = None) -> Any:
         def convert(v: Any) -> int:
             d = parse_decimal(v)
             if d != d.to_integral_value():
@@ -283,7 +283,7 @@ class Section:
 
         return self._typed(key, default, convert, 0)
 
-    def decimal(self, key: str, default: Any = MISSING, minimum: Decimal | None = None) -> Any:
+    def number(self, key: str, default: Any = MISSING, minimum: Decimal | None = None) -> Any:
         def convert(v: Any) -> Decimal:
             d = parse_decimal(v)
             if minimum is not None and d < minimum:
@@ -292,7 +292,7 @@ class Section:
 
         return self._typed(key, default, convert, Decimal(0))
 
-    def bool(self, key: str, default: Any = MISSING) -> Any:
+    def flag(self, key: str, default: Any = MISSING) -> Any:
         def convert(v: Any) -> bool:
             if isinstance(v, bool):
                 return v
