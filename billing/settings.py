@@ -339,3 +339,45 @@ class Section:
             except MissingEnv as exc:
                 self.problems.add(path, str(exc))
         return tuple(out)
+
+
+# ------------------------------------------------------ YAML 1.2 core scalars
+
+YAML12_BOOL = r"^(?:true|True|TRUE|false|False|FALSE)$"
+YAML12_NULL = r"^(?:~|null|Null|NULL|)$"
+YAML12_INT = r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"
+YAML12_FLOAT = (
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+_SCALAR_KINDS = [
+    ("bool", re.compile(YAML12_BOOL)),
+    ("null", re.compile(YAML12_NULL)),
+    ("int", re.compile(YAML12_INT)),
+    ("float", re.compile(YAML12_FLOAT)),
+]
+
+
+def scalar_kind(text: str) -> str:
+    """The YAML 1.2 core type of a plain scalar: bool, null, int, float or str."""
+    for kind, pattern in _SCALAR_KINDS:
+        if pattern.match(text):
+            return kind
+    return "str"
+
+
+def scalar_value(text: str, kind: str | None = None) -> Any:
+    """Convert a plain scalar to its value; floats become exact Decimals."""
+    kind = kind or scalar_kind(text)
+    if kind == "bool":
+        return text.lower() == "true"
+    if kind == "null":
+        return None
+    if kind == "int":
+        return int(text, 0) if text.startswith(("0o", "0x")) else int(text)
+    if kind == "float":
+        lowered = text.lower().lstrip("+")
+        if lowered in (".inf", "-.inf", ".nan"):
+            return Decimal(lowered.replace(".", "").replace("inf", "Infinity"))
+        return Decimal(text)
+    return text
