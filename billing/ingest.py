@@ -1,0 +1,163 @@
+"""Validate a `POST /events/ingest` batch (Dodo Payments' wire format) into events.
+
+A batch is all or nothing: `parse_batch` either returns every event or raises
+`InvalidBatch` listing every offending index and field, so nothing of a rejected
+request is ever stored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from billing.events import PROXY_ID_PREFIX, MetadataValue, UsageEvent, parse_timestamp
+
+MAX_EVENTS = 1000
+MAX_EVENT_ID_CHARS = 256
+MAX_EVENT_NAME_CHARS = 256
+MAX_METADATA_KEYS = 50
+MAX_KEY_CHARS = 100
+MAX_VALUE_CHARS = 500
+MAX_BODY_BYTES = 5_000_000
+_CUSTOMER_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class Issue:
+    index: int | None
+    field: str
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"field": self.field, "message": self.message}
+        if self.index is not None:
+            out["index"] = self.index
+        return out
+
+
+class InvalidBatch(ValueError):
+    """The batch is malformed; `issues` names every offending index and field."""
+
+    def __init__(self, issues: list[Issue]) -> None:
+        self.issues = issues
+        first = issues[0]
+        where = f"events[{first.index}].{first.field}" if first.index is not None else first.field
+        more = f" (and {len(issues) - 1} more)" if len(issues) > 1 else ""
+        super().__init__(f"{where}: {first.message}{more}")
+
+
+@dataclass(frozen=True)
+class IngestWindow:
+    past_ms: int
+    future_ms: int
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_json(body: bytes) -> Any:
+    """Parse JSON with exact numbers; InvalidBatch for anything that is not JSON."""
+    try:
+        return json.loads(body, parse_float=Decimal, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidBatch([Issue(None, "body", f"not valid JSON: {exc}")]) from None
+
+
+def parse_batch(payload: Any, now_ms: int, window: IngestWindow) -> list[UsageEvent]:
+    """Validate a decoded request body; raise InvalidBatch naming every problem."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("events"), list):
+        raise InvalidBatch([Issue(None, "events", "the body must be {\"events\": [...]}")])
+    items = payload["events"]
+    if not 1 <= len(items) <= MAX_EVENTS:
+        raise InvalidBatch([Issue(None, "events", f"expected 1 to {MAX_EVENTS} events, "
+                                                  f"got {len(items)}")])
+    issues: list[Issue] = []
+    events = []
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        event = _parse_event(index, item, now_ms, window, issues)
+        if event is None:
+            continue
+        first = seen.setdefault(event.event_id, index)
+        if first != index:
+            issues.append(Issue(index, "event_id", f"duplicates the event_id of index {first}"))
+        events.append(event)
+    if issues:
+        raise InvalidBatch(issues)
+    return events
+
+
+def _parse_event(
+    index: int, item: Any, now_ms: int, window: IngestWindow, issues: list[Issue]
+) -> UsageEvent | None:
+    if not isinstance(item, dict):
+        issues.append(Issue(index, "", "each event must be an object"))
+        return None
+    before = len(issues)
+
+    def bad(field: str, message: str) -> None:
+        issues.append(Issue(index, field, message))
+
+    event_id = _text(item.get("event_id"), MAX_EVENT_ID_CHARS, "event_id", bad)
+    if event_id and event_id.startswith(PROXY_ID_PREFIX):
+        bad("event_id", f"ids starting {PROXY_ID_PREFIX!r} are reserved for proxy events")
+    customer_id = item.get("customer_id")
+    if not isinstance(customer_id, str) or not _CUSTOMER_ID.match(customer_id):
+        bad("customer_id", "must be 1-128 characters of A-Z a-z 0-9 . _ : @ -")
+    event_name = _text(item.get("event_name"), MAX_EVENT_NAME_CHARS, "event_name", bad)
+    timestamp = _timestamp(item.get("timestamp"), now_ms, window, bad)
+    metadata = _metadata(item.get("metadata"), bad)
+    if len(issues) > before:
+        return None
+    assert event_id and event_name and isinstance(customer_id, str) and timestamp is not None
+    return UsageEvent(event_id, customer_id, event_name, timestamp, metadata, "api")
+
+
+def _text(value: Any, limit: int, field: str, bad: Any) -> str | None:
+    if not isinstance(value, str) or not 1 <= len(value) <= limit:
+        bad(field, f"required: a string of 1 to {limit} characters")
+        return None
+    return value
+
+
+def _timestamp(value: Any, now_ms: int, window: IngestWindow, bad: Any) -> int | None:
+    if value is None:
+        return now_ms
+    if not isinstance(value, str):
+        bad("timestamp", "must be an ISO-8601 date-time string")
+        return None
+    try:
+        ms = parse_timestamp(value)
+    except ValueError:
+        bad("timestamp", f"{value!r} is not an ISO-8601 date-time")
+        return None
+    if not now_ms - window.past_ms <= ms <= now_ms + window.future_ms:
+        bad("timestamp", f"{value!r} is outside the ingest window "
+                         f"({window.past_ms // 1000}s past, {window.future_ms // 1000}s future)")
+        return None
+    return ms
+
+
+def _metadata(value: Any, bad: Any) -> dict[str, MetadataValue]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        bad("metadata", "must be a flat object of strings, numbers and booleans")
+        return {}
+    if len(value) > MAX_METADATA_KEYS:
+        bad("metadata", f"at most {MAX_METADATA_KEYS} keys, got {len(value)}")
+    for key, v in value.items():
+        if len(key) > MAX_KEY_CHARS:
+            bad(f"metadata.{key[:20]}...", f"keys are at most {MAX_KEY_CHARS} characters")
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, int | Decimal | str):
+            if len(str(v)) > MAX_VALUE_CHARS:
+                bad(f"metadata.{key}", f"values are at most {MAX_VALUE_CHARS} characters")
+            continue
+        bad(f"metadata.{key}", "values must be strings, numbers or booleans (flat)")
+    return value

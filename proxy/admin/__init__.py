@@ -1,0 +1,1 @@
+"""The admin listener: ingest, events, customers, keys, billing, health and metrics."""

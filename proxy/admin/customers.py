@@ -1,0 +1,102 @@
+"""Customers and their API keys: `/v1/customers...`."""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from billing.events import format_timestamp
+from billing.store.base import ApiKey, Customer, DuplicateKey
+from proxy.admin.jsonout import json_response
+from proxy.admin.params import ApiError, bad_request, customer_id, json_body, not_found, page
+from rules.identify import hash_key
+
+if TYPE_CHECKING:
+    from proxy.app import MeterProxy
+
+KEY_PREFIX_CHARS = 8
+MIN_IMPORTED_KEY_CHARS = 16
+MAX_KEY_CHARS = 256
+
+
+def customer_json(c: Customer, mp: MeterProxy) -> dict[str, Any]:
+    return {
+        "customer_id": c.customer_id,
+        "plan": c.plan or mp.config.billing.default_plan,
+        "created_at": format_timestamp(c.created_at_ms),
+        "deleted_at": format_timestamp(c.deleted_at_ms) if c.deleted_at_ms else None,
+    }
+
+
+def key_json(k: ApiKey) -> dict[str, Any]:
+    return {
+        "key_id": k.key_id,
+        "prefix": k.prefix,
+        "created_at": format_timestamp(k.created_at_ms),
+        "revoked_at": format_timestamp(k.revoked_at_ms) if k.revoked_at_ms else None,
+    }
+
+
+async def list_customers(request: web.Request, mp: MeterProxy) -> web.Response:
+    limit, offset = page(request)
+    customers = await mp.store.list_customers(limit, offset)
+    return json_response({"items": [customer_json(c, mp) for c in customers]})
+
+
+async def get_customer(request: web.Request, mp: MeterProxy) -> web.Response:
+    customer = await mp.store.get_customer(customer_id(request))
+    if customer is None:
+        raise not_found("no such customer")
+    return json_response(customer_json(customer, mp))
+
+
+async def put_customer(request: web.Request, mp: MeterProxy) -> web.Response:
+    cid = customer_id(request)
+    body = await json_body(request)
+    plan = body.get("plan")
+    if plan is not None and plan not in {p.name for p in mp.config.plans}:
+        raise bad_request(f"unknown plan {plan!r}", code="unknown_plan")
+    customer = await mp.store.set_customer_plan(cid, plan, mp.clock())
+    return json_response(customer_json(customer, mp))
+
+
+async def create_key(request: web.Request, mp: MeterProxy) -> web.Response:
+    cid = customer_id(request)
+    body = await json_body(request, required=False)
+    key = body.get("key")
+    if key is None:
+        key = "mpk_" + secrets.token_urlsafe(32)
+    elif not isinstance(key, str) or not MIN_IMPORTED_KEY_CHARS <= len(key) <= MAX_KEY_CHARS \
+            or not key.isprintable() or " " in key:
+        raise bad_request(
+            f"an imported key must be {MIN_IMPORTED_KEY_CHARS}-{MAX_KEY_CHARS} printable "
+            "characters without spaces"
+        )
+    key_id = "key_" + secrets.token_hex(8)
+    try:
+        stored = await mp.store.add_key(
+            cid, key_id, hash_key(key), key[:KEY_PREFIX_CHARS], mp.clock()
+        )
+    except DuplicateKey:
+        raise ApiError(409, "duplicate_key", "this key is already in use") from None
+    await mp.reload_keys()
+    return json_response(
+        {"key_id": stored.key_id, "key": key, "created_at": format_timestamp(stored.created_at_ms)},
+        status=201,
+    )
+
+
+async def list_keys(request: web.Request, mp: MeterProxy) -> web.Response:
+    keys = await mp.store.list_keys(customer_id(request))
+    return json_response({"items": [key_json(k) for k in keys]})
+
+
+async def revoke_key(request: web.Request, mp: MeterProxy) -> web.Response:
+    cid = customer_id(request)
+    key_id = request.match_info["key_id"]
+    if not await mp.store.revoke_key(cid, key_id, mp.clock()):
+        raise not_found("no active key with this id for this customer")
+    await mp.reload_keys()
+    return json_response({"key_id": key_id, "revoked": True})

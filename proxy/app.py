@@ -1,0 +1,223 @@
+"""The running meterproxy: owns the store, the writer, the listeners and every task.
+
+`MeterProxy.start()` opens everything in dependency order; `stop()` undoes it in
+reverse: readiness off, listeners closed, in-flight exchanges finished (bounded by
+`proxy.shutdown_timeout`), every pending event flushed, the store closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from billing.cycles import bucket_ms
+from billing.events import now_ms
+from billing.store.sqlite import SqliteStore
+from billing.writer import EventWriter
+from proxy.admin.routes import build_admin_app, build_metrics_app
+from proxy.config import Config, Listen
+from proxy.forward import Forwarder
+from proxy.metrics import Metrics
+from proxy.observer import MetricsObserver
+from proxy.state import KeySource, ProxyState
+from rules.identify import KeyRing
+
+log = logging.getLogger("meterproxy")
+
+KEY_POLL_SECONDS = 1.0
+
+
+class MeterProxy:
+    """One meterproxy instance. Not reusable: start once, stop once."""
+
+    def __init__(
+        self,
+        config: Config,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = Metrics(
+            self.registry,
+            rule_names=config.rules.names,
+            event_names={r.event_name for r in config.rules.rules}
+            | {m.event_name for m in config.meters},
+            meter_names=[m.name for m in config.meters],
+        )
+        cycles = [p.cycle for p in config.plans]
+        self.store = SqliteStore(
+            config.storage.path, config.meters, bucket_ms(cycles, config.billing.timezone)
+        )
+        self.writer = EventWriter(
+            self.store,
+            flush_interval_ms=config.storage.flush_interval_ms,
+            max_pending=config.storage.max_pending,
+            on_full=config.storage.on_full,
+            observer=MetricsObserver(self.metrics),
+            clock=clock,
+        )
+        self.key_source = KeySource()
+        self.draining = False
+        self.ready = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runners: list[web.BaseRunner] = []
+        self._session: aiohttp.ClientSession | None = None
+        self.forwarder: Forwarder | None = None
+        self.addresses: dict[str, tuple[str, int]] = {}
+
+    # ------------------------------------------------------------------ start
+
+    async def start(self) -> None:
+        await self.store.open()
+        self._spawn(self.writer.run(), "event-writer")
+        await self.reload_keys()
+        self._spawn(self._poll_keys(), "key-refresher")
+        self._session = _upstream_session(self.config)
+        self.forwarder = Forwarder(self._proxy_state(self.config))
+        proxy = self.config.proxy
+        await self._listen("proxy", _proxy_runner(self.forwarder, proxy.shutdown_timeout_s,
+                                                  proxy.access_log), proxy.listen)
+        await self._listen("admin", web.AppRunner(build_admin_app(self), access_log=None),
+                           self.config.admin.listen)
+        if self.config.metrics.listen is not None:
+            await self._listen("metrics", web.AppRunner(build_metrics_app(self), access_log=None),
+                               self.config.metrics.listen)
+        self.ready = True
+
+    def _proxy_state(self, config: Config) -> ProxyState:
+        assert self._session is not None
+        return ProxyState(
+            settings=config.proxy,
+            customers=config.customers,
+            rules=config.rules,
+            metrics=self.metrics,
+            writer=self.writer,
+            session=self._session,
+            key_source=self.key_source,
+        )
+
+    async def _listen(self, name: str, runner: web.BaseRunner, listen: Listen) -> None:
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, listen.host, listen.port, backlog=1024)
+        await site.start()
+        server = site._server  # the bound socket tells the real port when 0 was asked
+        assert isinstance(server, asyncio.base_events.Server)
+        host, port = server.sockets[0].getsockname()[:2]
+        self.addresses[name] = (host, port)
+        log.info("%s listening on http://%s:%d", name, host, port)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
+
+    # ----------------------------------------------------------------- reload
+
+    def reload(self, new: Config) -> None:
+        """Apply a new configuration's rules, customers, proxy and admin settings.
+
+        Listeners, storage, meters, plans and billing are fixed for the life of the
+        process; a change to them is logged and applies at the next restart.
+        """
+        old = self.config
+        fixed = [
+            name for name, changed in (
+                ("proxy.listen", old.proxy.listen != new.proxy.listen),
+                ("proxy.upstream", old.proxy.upstream != new.proxy.upstream),
+                ("admin.listen", old.admin.listen != new.admin.listen),
+                ("metrics", old.metrics != new.metrics),
+                ("storage", old.storage != new.storage),
+                ("meters", _fingerprints(old) != _fingerprints(new)),
+                ("plans", old.plans != new.plans),
+                ("billing", old.billing != new.billing),
+            ) if changed
+        ]
+        if fixed:
+            log.warning("reload: %s changed and will apply at the next restart", ", ".join(fixed))
+        proxy = replace(new.proxy, listen=old.proxy.listen, upstream=old.proxy.upstream)
+        admin = replace(new.admin, listen=old.admin.listen)
+        self.config = replace(old, proxy=proxy, admin=admin, customers=new.customers,
+                              rules=new.rules, warnings=new.warnings)
+        self.metrics.add_names(rule_names=new.rules.names,
+                               event_names={r.event_name for r in new.rules.rules})
+        assert self.forwarder is not None
+        self.forwarder.state = self._proxy_state(self.config)
+        log.info("configuration reloaded from %s", new.filename)
+
+    # ------------------------------------------------------------------- keys
+
+    async def reload_keys(self) -> None:
+        """Load the active keys into a new ring; the proxy sees it at its next request."""
+        self._keys_version = await self.store.keys_version()
+        self.key_source.ring = KeyRing(await self.store.active_key_hashes())
+
+    async def _poll_keys(self) -> None:
+        while True:
+            await asyncio.sleep(KEY_POLL_SECONDS)
+            try:
+                if await self.store.keys_version() != self._keys_version:
+                    await self.reload_keys()
+            except Exception:
+                log.exception("reloading API keys failed; keeping the previous keys")
+
+    # ------------------------------------------------------------------- stop
+
+    async def stop(self) -> None:
+        """Drain and shut down; every event of every finished exchange is flushed."""
+        self.ready = False
+        self.draining = True
+        # The proxy first, so /readyz answers 503 while in-flight exchanges finish; then
+        # the admin listener, whose in-flight ingests still reach the running writer.
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+        await self.writer.close(timeout=self.config.proxy.shutdown_timeout_s)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._session is not None:
+            await self._session.close()
+        await self.store.close()
+
+    def port(self, name: str) -> int:
+        return self.addresses[name][1]
+
+
+def _fingerprints(config: Config) -> list[str]:
+    return [m.fingerprint() for m in config.meters]
+
+
+def _upstream_session(config: Config) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=config.proxy.max_connections,
+        ttl_dns_cache=60,
+        keepalive_timeout=30,
+        enable_cleanup_closed=True,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        trust_env=False,
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
+
+
+def _proxy_runner(forwarder: Forwarder, shutdown_timeout: float, access_log: bool) -> web.ServerRunner:
+    server = web.Server(
+        forwarder,
+        access_log=logging.getLogger("meterproxy.access") if access_log else None,
+    )
+    return web.ServerRunner(server, shutdown_timeout=shutdown_timeout)

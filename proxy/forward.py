@@ -1,0 +1,418 @@
+"""Forwarding one exchange: identify, stream both ways through the body taps, emit events.
+
+The handler is the hot path. It allocates one `Exchange`, never buffers a body (the
+taps keep at most the bounded JSON prefix a rule needs), and hands the events to
+the writer without awaiting it (unless `durability: strict`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from billing.writer import StoreUnavailable
+from proxy.errors import (
+    BodyTooLarge,
+    ProxyError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+    error_response,
+)
+from proxy.headers import client_response_headers, upstream_request_headers
+from proxy.metrics import NO_RULE, status_class
+from proxy.state import ProxyState
+from rules.exchange import Exchange
+from rules.identify import Verdict, identify_request, identify_response
+from rules.jsonselect import BodyTap
+from rules.paths import normalize_path
+
+log = logging.getLogger("meterproxy.proxy")
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class RelayResponse(web.StreamResponse):
+    """A StreamResponse that adds no Content-Type or Server the upstream did not send."""
+
+    def __init__(self, status: int, reason: str | None, headers: Any, absent: tuple[str, ...]):
+        super().__init__(status=status, reason=reason, headers=headers)
+        self._absent = absent
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        # aiohttp fills in these two by default; a transparent proxy must not.
+        for name in self._absent:
+            self.headers.popall(name, None)
+
+
+class _Timing:
+    """Time spent waiting on the upstream or the client, to compute our own overhead."""
+
+    __slots__ = ("start", "waiting")
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.waiting = 0.0
+
+
+class Forwarder:
+    """The proxy listener's request handler. `state` is swapped whole on reload."""
+
+    def __init__(self, state: ProxyState) -> None:
+        self.state = state
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        state = self.state
+        timing = _Timing()
+        raw_path = request.raw_path
+        path, _, query = raw_path.partition("?")
+        x = Exchange(
+            request.method, path, normalize_path(path), query, request.headers, _now_ms()
+        )
+        try:
+            return await self._handle(state, request, x, raw_path, timing)
+        finally:
+            self._finish(state, x, timing)
+
+    async def _handle(
+        self,
+        state: ProxyState,
+        request: web.BaseRequest,
+        x: Exchange,
+        raw_path: str,
+        timing: _Timing,
+    ) -> web.StreamResponse:
+        refusal = self._admit(state, request, x)
+        if refusal is not None:
+            return refusal
+        tap = self._request_tap(state, request, x)
+        body = self._body(state, request, x, tap) if request.body_exists else None
+        try:
+            upstream = await self._send(state, request, x, raw_path, body, timing)
+        except ProxyError as exc:
+            return self._error(state, x, exc)
+        if x.request_json is None and tap is not None:
+            x.request_json = tap.finish(complete=True)
+        async with upstream:
+            return await self._relay(state, request, x, upstream, timing)
+
+    # ---------------------------------------------------------------- admission
+
+    def _admit(
+        self, state: ProxyState, request: web.BaseRequest, x: Exchange
+    ) -> web.StreamResponse | None:
+        """Identify the customer and check limits; a response here ends the exchange."""
+        customers = state.customers
+        if customers.is_public(x.norm_path) or _is_preflight(request):
+            return None
+        verdict, customer = identify_request(
+            customers, request.headers, _query(x), state.is_trusted(request.remote), state.keys
+        )
+        if verdict is Verdict.BAD_KEY:
+            state.metrics.count_proxy_error("bad_key")
+            return _unauthorized("invalid_api_key", "the API key is unknown or revoked")
+        if verdict is Verdict.UNKNOWN:
+            state.metrics.unidentified.inc()
+            if customers.unidentified == "reject":
+                state.metrics.count_proxy_error("unidentified")
+                return _unauthorized("unidentified", "no customer could be identified")
+        x.customer_id = customer
+        declared = request.content_length
+        if declared is not None and declared > state.settings.max_request_body:
+            return self._error(state, x, BodyTooLarge(_too_large_message(state)))
+        x.candidates = state.rules.candidates(x.method, x.norm_path)
+        if x.candidates and not state.writer.accepting():
+            state.metrics.count_proxy_error("store_unavailable")
+            x.candidates = []
+            return error_response(
+                503, "store_unavailable", "usage cannot be recorded right now; retry later",
+                headers={"Retry-After": "5"},
+            )
+        return None
+
+    def _request_tap(
+        self, state: ProxyState, request: web.BaseRequest, x: Exchange
+    ) -> BodyTap | None:
+        paths = state.rules.request_json
+        if paths is None or not x.candidates or not state.rules.needs_request_json(x.candidates):
+            return None
+        headers = request.headers
+        return paths.tap(headers.get("content-type"), headers.get("content-encoding"))
+
+    # ------------------------------------------------------------------ request
+
+    async def _body(
+        self, state: ProxyState, request: web.BaseRequest, x: Exchange, tap: BodyTap | None
+    ) -> AsyncIterator[bytes]:
+        """The client's body, streamed upstream chunk by chunk through the taps."""
+        if request.headers.get("expect", "").lower() == "100-continue":
+            # aiohttp pulls the first chunk only once the upstream sent its 100.
+            await request.writer.write(_CONTINUE)
+        limit = state.settings.max_request_body
+        complete = False
+        try:
+            async for chunk in request.content.iter_any():
+                x.request_bytes += len(chunk)
+                if x.request_bytes > limit:
+                    raise BodyTooLarge(_too_large_message(state))
+                if tap is not None:
+                    tap.feed(chunk)
+                yield chunk
+            complete = True
+        finally:
+            if tap is not None:
+                x.request_json = tap.finish(complete=complete)
+
+    async def _send(
+        self,
+        state: ProxyState,
+        request: web.BaseRequest,
+        x: Exchange,
+        raw_path: str,
+        body: AsyncIterator[bytes] | None,
+        timing: _Timing,
+    ) -> aiohttp.ClientResponse:
+        headers = upstream_request_headers(
+            request.headers,
+            drop=state.customers.api_key_headers,
+            peer=request.remote,
+            trusted=state.is_trusted(request.remote),
+            scheme=request.scheme,
+            customer_id=x.customer_id,
+            host=state.upstream_host,
+        )
+        expect100 = headers.popall("expect", None) is not None and body is not None
+        began = time.perf_counter()
+        try:
+            return await state.session.request(
+                request.method,
+                URL(state.upstream_base + raw_path, encoded=True),
+                headers=headers,
+                data=body,
+                expect100=expect100,
+                allow_redirects=False,
+                auto_decompress=False,
+                skip_auto_headers=_SKIP_AUTO_HEADERS,
+                timeout=state.timeout,
+            )
+        except BodyTooLarge:
+            raise
+        except (aiohttp.ConnectionTimeoutError, aiohttp.SocketTimeoutError, TimeoutError) as exc:
+            raise UpstreamTimeout(f"the upstream did not answer in time ({exc.__class__.__name__})")
+        except aiohttp.ClientError as exc:
+            if isinstance(exc.__cause__, BodyTooLarge) or x.request_bytes > (
+                state.settings.max_request_body
+            ):
+                raise BodyTooLarge(_too_large_message(state)) from exc
+            raise UpstreamUnreachable(f"the upstream could not be reached: {exc}") from exc
+        finally:
+            timing.waiting += time.perf_counter() - began
+
+    # ----------------------------------------------------------------- response
+
+    async def _relay(
+        self,
+        state: ProxyState,
+        request: web.BaseRequest,
+        x: Exchange,
+        upstream: aiohttp.ClientResponse,
+        timing: _Timing,
+    ) -> web.StreamResponse:
+        x.status = upstream.status
+        x.response_headers = upstream.headers
+        if x.customer_id is None and state.customers.response_sources:
+            x.customer_id = identify_response(state.customers, upstream.headers)
+        tap = self._response_tap(state, x, upstream)
+        response = self._client_response(state, upstream)
+        try:
+            await response.prepare(request)
+        except ConnectionError:
+            x.aborted = True
+            await self._drain(state, x, upstream, tap, timing)
+            return response
+        await self._stream(state, request, x, upstream, response, tap, timing)
+        return response
+
+    def _response_tap(
+        self, state: ProxyState, x: Exchange, upstream: aiohttp.ClientResponse
+    ) -> BodyTap | None:
+        paths = state.rules.response_json
+        if paths is None or x.customer_id is None or not state.rules.needs_response_json(
+            x.candidates
+        ):
+            return None
+        headers = upstream.headers
+        return paths.tap(headers.get("content-type"), headers.get("content-encoding"))
+
+    def _client_response(self, state: ProxyState, upstream: aiohttp.ClientResponse) -> RelayResponse:
+        headers = client_response_headers(upstream.headers, state.settings.strip_response_headers)
+        absent = tuple(h for h in ("Content-Type", "Server") if h not in upstream.headers)
+        return RelayResponse(upstream.status, upstream.reason, headers, absent)
+
+    async def _stream(
+        self,
+        state: ProxyState,
+        request: web.BaseRequest,
+        x: Exchange,
+        upstream: aiohttp.ClientResponse,
+        response: RelayResponse,
+        tap: BodyTap | None,
+        timing: _Timing,
+    ) -> None:
+        content = upstream.content
+        while True:
+            began = time.perf_counter()
+            try:
+                chunk = await content.readany()
+            except (aiohttp.ClientError, TimeoutError):
+                x.aborted = True  # upstream broke off mid-body: the client sees it cut short
+                _abort_client(request)
+                self._finish_tap(x, tap, complete=False)
+                return
+            finally:
+                timing.waiting += time.perf_counter() - began
+            if not chunk:
+                break
+            x.response_bytes += len(chunk)
+            if tap is not None:
+                tap.feed(chunk)
+            began = time.perf_counter()
+            try:
+                await response.write(chunk)
+            except ConnectionError:
+                x.response_bytes -= len(chunk)
+                x.aborted = True
+                await self._drain(state, x, upstream, tap, timing)
+                return
+            finally:
+                timing.waiting += time.perf_counter() - began
+        self._finish_tap(x, tap, complete=True)
+        await self._write_eof(state, x, response, timing)
+
+    async def _write_eof(
+        self, state: ProxyState, x: Exchange, response: RelayResponse, timing: _Timing
+    ) -> None:
+        began = time.perf_counter()
+        try:
+            await response.write_eof()
+        except ConnectionError:
+            x.aborted = True
+        finally:
+            timing.waiting += time.perf_counter() - began
+
+    async def _drain(
+        self,
+        state: ProxyState,
+        x: Exchange,
+        upstream: aiohttp.ClientResponse,
+        tap: BodyTap | None,
+        timing: _Timing,
+    ) -> None:
+        """The client left: keep reading (bounded) so the upstream's usage still counts."""
+        budget = state.settings.drain_after_disconnect_s
+        if tap is None or budget <= 0 or state.drains.locked():
+            self._finish_tap(x, tap, complete=False)
+            return
+        complete = False
+        began = time.perf_counter()
+        async with state.drains:
+            try:
+                async with asyncio.timeout(budget):
+                    async for chunk in upstream.content.iter_any():
+                        tap.feed(chunk)
+                complete = True
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+        timing.waiting += time.perf_counter() - began
+        self._finish_tap(x, tap, complete=complete)
+
+    @staticmethod
+    def _finish_tap(x: Exchange, tap: BodyTap | None, complete: bool) -> None:
+        if tap is not None:
+            x.response_json = tap.finish(complete=complete)
+
+    # ------------------------------------------------------------------ errors
+
+    def _error(self, state: ProxyState, x: Exchange, exc: ProxyError) -> web.Response:
+        """meterproxy's own answer: counted, and no rule emits for it."""
+        state.metrics.count_proxy_error(exc.reason)
+        x.candidates = []
+        log.warning("%s %s: %s", x.method, x.path, exc, extra={"customer": x.customer_id})
+        return exc.response()
+
+    # ------------------------------------------------------------------- finish
+
+    def _finish(self, state: ProxyState, x: Exchange, timing: _Timing) -> None:
+        """Emit the exchange's events and metrics. Never raises."""
+        total = time.perf_counter() - timing.start
+        x.duration_ms = int(total * 1000)
+        metrics = state.metrics
+        metrics.request_duration.observe(total)
+        metrics.overhead.observe(max(0.0, total - timing.waiting))
+        try:
+            self._emit(state, x)
+        except StoreUnavailable:
+            log.error("store unavailable: events of %s %s not queued", x.method, x.path)
+        except Exception:  # a rule must never break proxying; count and log
+            log.exception("emitting events failed for %s %s", x.method, x.path)
+            metrics.count_rule_error(NO_RULE, "error")
+
+    def _emit(self, state: ProxyState, x: Exchange) -> None:
+        metrics = state.metrics
+        cls = status_class(x.status)
+        if not x.candidates:
+            metrics.count_request(NO_RULE, cls)
+            return
+        matched = state.rules.matched(x)
+        if not matched:
+            metrics.count_request(NO_RULE, cls)
+            return
+        for rule, _ in matched:
+            metrics.count_request(rule.name, cls)
+        if x.customer_id is None:
+            return
+        events = state.rules.events(x, lambda rule, reason, key: _rule_error(state, rule, reason, key))
+        state.writer.submit(events)
+
+
+_SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
+
+
+def _rule_error(state: ProxyState, rule: str, reason: str, key: str) -> None:
+    state.metrics.count_rule_error(rule, reason)
+    log.debug("rule %s: metadata %s: %s", rule, key, reason)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _query(x: Exchange) -> Any:
+    return x.query
+
+
+def _is_preflight(request: web.BaseRequest) -> bool:
+    return request.method == "OPTIONS" and "access-control-request-method" in request.headers
+
+
+def _unauthorized(code: str, message: str) -> web.Response:
+    return error_response(401, code, message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _too_large_message(state: ProxyState) -> str:
+    return f"the request body exceeds {state.settings.max_request_body} bytes"
+
+
+def _abort_client(request: web.BaseRequest) -> None:
+    """Close the client connection so a cut-short body reads as cut short."""
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+

@@ -1,0 +1,89 @@
+"""Which headers cross the proxy, in each direction (RFC 9110 section 7.6.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from rules.paths import HeaderGlob
+
+# Hop-by-hop: meaningful for one connection only, never forwarded.
+HOP_BY_HOP = frozenset({
+    "connection", "proxy-connection", "keep-alive", "te", "transfer-encoding",
+    "upgrade", "trailer", "proxy-authenticate", "proxy-authorization",
+})
+FORWARDED = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")
+CUSTOMER_HEADER = "X-Meterproxy-Customer"
+
+
+def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    """Header names listed in `Connection`: hop-by-hop for this message only."""
+    values = headers.getall("connection", ())
+    if not values:
+        return frozenset()
+    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
+
+
+def upstream_request_headers(
+    headers: CIMultiDictProxy[str],
+    *,
+    drop: frozenset[str],
+    peer: str | None,
+    trusted: bool,
+    scheme: str,
+    customer_id: str | None,
+    host: str | None,
+) -> CIMultiDict[str]:
+    """The headers sent upstream: hop-by-hop and key headers removed, X-Forwarded-* set.
+
+    `drop` holds lower-case names to remove (API-key headers). From an untrusted peer
+    the client's X-Forwarded-* are replaced, from a trusted one appended to.
+    `host` replaces the Host header when not None.
+    """
+    skip = HOP_BY_HOP | connection_tokens(headers) | drop
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in skip or lower == "x-meterproxy-customer":
+            continue
+        if not trusted and lower in FORWARDED:
+            continue
+        out.add(name, value)
+    if host is not None:
+        out["Host"] = host
+    _set_forwarded(out, headers, peer, trusted, scheme)
+    if customer_id is not None:
+        out[CUSTOMER_HEADER] = customer_id
+    return out
+
+
+def _set_forwarded(
+    out: CIMultiDict[str],
+    original: CIMultiDictProxy[str],
+    peer: str | None,
+    trusted: bool,
+    scheme: str,
+) -> None:
+    prior = original.get("x-forwarded-for") if trusted else None
+    if peer:
+        out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+    if not (trusted and "x-forwarded-proto" in original):
+        out["X-Forwarded-Proto"] = scheme
+    if not (trusted and "x-forwarded-host" in original) and "host" in original:
+        out["X-Forwarded-Host"] = original["host"]
+
+
+def client_response_headers(
+    headers: CIMultiDictProxy[str], strip: Iterable[HeaderGlob]
+) -> CIMultiDict[str]:
+    """The upstream's headers as the client gets them: hop-by-hop and stripped removed."""
+    skip = HOP_BY_HOP | connection_tokens(headers)
+    globs = tuple(strip)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in skip or any(g.match(lower) for g in globs):
+            continue
+        out.add(name, value)
+    return out
