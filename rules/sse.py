@@ -1,0 +1,128 @@
+"""An incremental server-sent events parser (WHATWG EventSource rules).
+
+Feed it the decoded body in chunks split anywhere; it returns the events completed
+by each chunk. It never buffers the stream: it keeps only the current unfinished
+line and the current event's data, and drops (but reports) an event whose data is
+larger than `limit`, so a stream of any length runs in bounded memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_BOM = b"\xef\xbb\xbf"
+_DATA_PREFIX = len(b"data: ")  # an unfinished line may exceed `limit` by this much
+
+
+@dataclass(frozen=True, slots=True)
+class SseEvent:
+    """One dispatched event.
+
+    `data` is its data lines joined with b"\\n", as UTF-8 bytes; `event` its type
+    ("message" unless an `event:` line named one). `oversized` events carry no data:
+    theirs was larger than the parser's limit.
+    """
+
+    data: bytes
+    event: str = "message"
+    oversized: bool = False
+
+
+class SseParser:
+    """Turns a byte stream into `SseEvent`s; `id:` and `retry:` lines are ignored."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._line: list[bytes] = []  # pieces of the unfinished line
+        self._line_size = 0
+        self._line_head: bytes | None = None  # set once the unfinished line is too long
+        self._skip_lf = False  # the last chunk ended in "\r": a leading "\n" ends no line
+        self._first = True
+        self._data: list[bytes] = []
+        self._data_size = 0
+        self._oversized = False
+        self._type = b""
+
+    def feed(self, chunk: bytes) -> list[SseEvent]:
+        """The events that `chunk` completes (often none)."""
+        events: list[SseEvent] = []
+        if self._skip_lf and chunk:
+            self._skip_lf = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        lines = chunk.splitlines(keepends=True)  # splits at \r\n, \n and \r only (bytes)
+        if lines and not lines[-1].endswith((b"\n", b"\r")):
+            self._keep(lines.pop())
+        elif lines:
+            self._skip_lf = lines[-1].endswith(b"\r")
+        for line in lines:
+            self._take_line(line.rstrip(b"\r\n"), events)
+        return events
+
+    def finish(self) -> list[SseEvent]:
+        """The events still pending once the stream has ended completely.
+
+        Lenient on purpose: WHATWG discards an event whose blank line never came, but
+        upstreams often end the stream right after the last data line, and that event
+        usually carries the usage.
+        """
+        events: list[SseEvent] = []
+        if self._line or self._line_head is not None:
+            self._take_line(b"", events)
+        self._dispatch(events)
+        return events
+
+    def _keep(self, piece: bytes) -> None:
+        """Hold part of an unfinished line, or only its start once it is too long."""
+        if self._line_head is not None:
+            return
+        self._line.append(piece)
+        self._line_size += len(piece)
+        if self._line_size > self._limit + _DATA_PREFIX:
+            self._line_head = b"".join(self._line)[:5]  # enough to tell "data:" lines
+            self._line.clear()
+
+    def _take_line(self, end: bytes, events: list[SseEvent]) -> None:
+        """Process one whole line: the held pieces plus `end` (without its line ending)."""
+        head = self._line_head
+        line = b"".join((*self._line, end)) if self._line else end
+        self._line.clear()
+        self._line_size = 0
+        self._line_head = None
+        if self._first:
+            self._first = False
+            line = line.removeprefix(_BOM)  # a stream may start with a byte-order mark
+        if head is not None:
+            self._oversized = self._oversized or head.startswith(b"data:")
+        elif not line:
+            self._dispatch(events)
+        elif not line.startswith(b":"):  # ":" starts a comment
+            self._field(line)
+
+    def _field(self, line: bytes) -> None:
+        name, _, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            self._add_data(value)
+        elif name == b"event":
+            self._type = value
+
+    def _add_data(self, value: bytes) -> None:
+        if self._oversized:
+            return
+        self._data_size += len(value) + (1 if self._data else 0)  # joined with "\n"
+        if self._data_size > self._limit:
+            self._oversized = True
+            self._data.clear()
+        else:
+            self._data.append(value)
+
+    def _dispatch(self, events: list[SseEvent]) -> None:
+        if self._data or self._oversized:
+            kind = self._type.decode("utf-8", "replace") if self._type else "message"
+            events.append(SseEvent(b"\n".join(self._data), kind, self._oversized))
+        self._data.clear()
+        self._data_size = 0
+        self._oversized = False
+        self._type = b""
