@@ -66,6 +66,7 @@ class MeterProxy:
             observer=MetricsObserver(self.metrics),
             clock=clock,
         )
+        self.metrics.store_pending.set_function(lambda: self.writer.pending)
         self.key_source = KeySource()
         self.draining = False
         self.ready = False

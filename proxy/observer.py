@@ -1,0 +1,29 @@
+"""The event writer's observer, reporting to Prometheus (billing never imports metrics)."""
+
+from __future__ import annotations
+
+import logging
+
+from billing.writer import OutcomeCounts
+from proxy.metrics import Metrics
+
+log = logging.getLogger("meterproxy.store")
+
+
+class MetricsObserver:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def on_flush(self, events_count: int, duration_s: float) -> None:
+        self.metrics.store_flush.observe(duration_s)
+
+    def on_flush_error(self, exc: Exception) -> None:
+        self.metrics.store_flush_errors.inc()
+        log.error("storing events failed, will retry: %s", exc)
+
+    def on_stored(self, counts: OutcomeCounts) -> None:
+        for (event_name, source, outcome), n in counts.items():
+            self.metrics.count_events(event_name, source, outcome, n)
+
+    def on_skipped(self, meter: str, reason: str, n: int) -> None:
+        self.metrics.meter_skipped.labels(meter, reason).inc(n)

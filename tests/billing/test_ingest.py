@@ -1,0 +1,121 @@
+"""Validation of ingest batches: all or nothing, every problem named."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from billing.events import parse_timestamp
+from billing.ingest import IngestWindow, InvalidBatch, decode_json, parse_batch
+
+NOW = parse_timestamp("2026-11-25T12:00:00Z")
+WINDOW = IngestWindow(past_ms=3_600_000, future_ms=300_000)
+
+
+def event(**overrides: Any) -> dict[str, Any]:
+    base = {"event_id": "e1", "customer_id": "acme", "event_name": "api.call"}
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not ...}
+
+
+def issues_of(payload: Any) -> list[tuple[int | None, str]]:
+    with pytest.raises(InvalidBatch) as caught:
+        parse_batch(payload, NOW, WINDOW)
+    return [(i.index, i.field) for i in caught.value.issues]
+
+
+def test_a_valid_event_gets_defaults() -> None:
+    [e] = parse_batch({"events": [event()]}, NOW, WINDOW)
+    assert (e.event_id, e.customer_id, e.event_name) == ("e1", "acme", "api.call")
+    assert e.timestamp_ms == NOW
+    assert e.metadata == {}
+    assert e.source == "api"
+
+
+def test_numbers_stay_exact_and_types_are_kept() -> None:
+    payload = decode_json(b'{"events": [{"event_id": "e", "customer_id": "c", "event_name": "n",'
+                          b' "metadata": {"a": 0.1, "b": 12345678901234567890, "c": true,'
+                          b' "d": "x", "e": 1e3}}]}')
+    [e] = parse_batch(payload, NOW, WINDOW)
+    assert e.metadata == {"a": Decimal("0.1"), "b": 12345678901234567890, "c": True, "d": "x",
+                          "e": Decimal("1E+3")}
+    assert isinstance(e.metadata["a"], Decimal)
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "expected_ms"),
+    [
+        ("2026-11-25T11:30:00Z", NOW - 1_800_000),
+        ("2026-11-25T11:30:00", NOW - 1_800_000),  # no offset: UTC
+        ("2026-11-25T13:30:00+02:00", NOW - 1_800_000),
+        ("2026-11-25T11:30:00.123999Z", NOW - 1_800_000 + 123),  # sub-ms truncated
+        ("2026-11-25T11:00:00Z", NOW - 3_600_000),  # window bounds are inclusive
+        ("2026-11-25T12:05:00Z", NOW + 300_000),
+        (None, NOW),
+    ],
+)
+def test_timestamps(timestamp: str | None, expected_ms: int) -> None:
+    [e] = parse_batch({"events": [event(timestamp=timestamp)]}, NOW, WINDOW)
+    assert e.timestamp_ms == expected_ms
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        (event(event_id=...), "event_id"),
+        (event(event_id=""), "event_id"),
+        (event(event_id="x" * 257), "event_id"),
+        (event(event_id=5), "event_id"),
+        (event(event_id="mp_0190"), "event_id"),
+        (event(customer_id="has space"), "customer_id"),
+        (event(customer_id="x" * 129), "customer_id"),
+        (event(customer_id=...), "customer_id"),
+        (event(event_name=""), "event_name"),
+        (event(timestamp="yesterday"), "timestamp"),
+        (event(timestamp="2026-11-25T10:59:59.999Z"), "timestamp"),
+        (event(timestamp="2026-11-25T12:05:00.001Z"), "timestamp"),
+        (event(timestamp=1732536000), "timestamp"),
+        (event(metadata=[1]), "metadata"),
+        (event(metadata={"nested": {"a": 1}}), "metadata.nested"),
+        (event(metadata={"list": [1]}), "metadata.list"),
+        (event(metadata={"null": None}), "metadata.null"),
+        (event(metadata={f"k{i}": i for i in range(51)}), "metadata"),
+        (event(metadata={"v": "x" * 501}), "metadata.v"),
+    ],
+)
+def test_each_mistake_is_named(bad: dict[str, Any], field: str) -> None:
+    assert issues_of({"events": [event(event_id="ok"), bad]}) == [(1, field)]
+
+
+def test_every_offending_index_is_named() -> None:
+    payload = {"events": [event(event_id="a", customer_id=""), event(event_id="b"),
+                          event(event_id="c", event_name="", timestamp="x")]}
+    assert issues_of(payload) == [(0, "customer_id"), (2, "event_name"), (2, "timestamp")]
+
+
+def test_duplicate_ids_inside_one_batch_are_rejected() -> None:
+    assert issues_of({"events": [event(), event(), event()]}) == [(1, "event_id"),
+                                                                  (2, "event_id")]
+
+
+@pytest.mark.parametrize(
+    "payload", [{}, {"events": []}, {"events": {}}, [], "x", {"events": [event()] * 1001}]
+)
+def test_batch_shape(payload: Any) -> None:
+    assert issues_of(payload)[0][1] == "events"
+
+
+@pytest.mark.parametrize("body", [b"{", b'{"events": [NaN]}', b"Infinity", b"[" * 100_000])
+def test_invalid_json(body: bytes) -> None:
+    with pytest.raises(InvalidBatch):
+        decode_json(body)
+
+
+def test_limits_are_inclusive() -> None:
+    metadata = {("k" * 99 + str(i % 10))[:100]: "v" * 500 for i in range(10)}
+    metadata.update({f"n{i}": i for i in range(40)})
+    [e] = parse_batch({"events": [event(event_id="x" * 256, customer_id="c" * 128,
+                                        metadata=metadata)]}, NOW, WINDOW)
+    assert len(e.metadata) == 50
