@@ -1,0 +1,268 @@
+"""What every store engine shares: the `Store` interface, its values and the aggregate math.
+
+The SQLite engine (billing/store/sqlite.py) implements `Store` today; a PostgreSQL engine for
+fleet mode implements the same protocol later and reuses the engine-neutral helpers here:
+the metadata codec, bucket arithmetic and `BatchFold`, which turns stored events into
+per-(meter, customer, bucket) aggregate deltas.
+
+Exceptions:
+    StoreError      -- the store cannot do what was asked (disk full, read-only file, a newer
+                       schema, ...); engines translate their driver errors into it.
+      DuplicateKey  -- an API key id or key hash that is already stored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Protocol
+
+from billing.events import Metadata, MetadataValue, StoredEvent, UsageEvent
+from billing.meters import Aggregate, Meter, Skip, fold
+
+
+class StoreError(Exception):
+    """The store failed; the operation had no effect (its transaction was rolled back)."""
+
+
+class DuplicateKey(StoreError):
+    """An API key with this id or this hash is already stored."""
+
+
+# ------------------------------------------------------------------------ values
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What one `Store.append` did.
+
+    stored: per input index, True when this append stored the event, False when its event_id
+        was already stored (or appeared earlier in the same batch: the first one wins).
+    skipped: events left out of a meter, counted per (meter name, reason "missing" |
+        "not_numeric"); only newly stored events are counted.
+    watermark: the largest `ingested_at_ms` in the store after the append (0: no events).
+    """
+
+    stored: tuple[bool, ...]
+    skipped: Mapping[tuple[str, str], int]
+    watermark: int
+
+    @property
+    def stored_count(self) -> int:
+        return sum(self.stored)
+
+    def part(self, start: int, end: int) -> AppendResult:
+        """The result of input indexes [start, end) only; skipped counts stay with the whole."""
+        return AppendResult(self.stored[start:end], {}, self.watermark)
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    """A customer; `plan` None means the default plan, `deleted_at_ms` None means active."""
+
+    customer_id: str
+    created_at_ms: int
+    plan: str | None
+    deleted_at_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key as listed: never the secret, never its hash."""
+
+    key_id: str
+    customer_id: str
+    prefix: str
+    created_at_ms: int
+    revoked_at_ms: int | None
+
+
+# --------------------------------------------------------------------- interface
+
+
+class Store(Protocol):
+    """Events, per-meter aggregates, customers and API keys behind one async interface.
+
+    Times are int milliseconds (UTC) passed in by the caller. Every method may raise
+    StoreError; a failed write has no effect.
+    """
+
+    async def open(self) -> None:
+        """Create or migrate the schema, then rebuild the aggregates of changed meters."""
+
+    async def close(self) -> None: ...
+
+    async def append(self, events: Sequence[UsageEvent], now_ms: int) -> AppendResult:
+        """Store the events not stored yet and update the aggregates, in one transaction.
+
+        Each append that stores anything gets `ingested_at_ms = max(now_ms, previous + 1)`,
+        so the largest ingested_at in any snapshot is a watermark. Unknown customers are
+        created. Durable when it returns.
+        """
+
+    async def get_event(self, event_id: str) -> StoredEvent | None:
+        """The stored event with this id; None if there is none."""
+
+    async def list_events(
+        self,
+        *,
+        customer_id: str | None = None,
+        event_names: Sequence[str] | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        limit: int,
+        offset: int = 0,
+    ) -> list[StoredEvent]:
+        """Events with timestamp in [start_ms, end_ms), newest first (timestamp, then seq).
+
+        None leaves a filter out; an empty `event_names` matches nothing.
+        """
+
+    async def watermark(self) -> int:
+        """The largest ingested_at_ms stored; 0 when the store holds no events."""
+
+    async def meter_aggregate(
+        self, meter_name: str, customer_id: str, start_ms: int, end_ms: int
+    ) -> Aggregate | None:
+        """The meter's aggregate over events with timestamp in [start_ms, end_ms).
+
+        None: no event counts. Raises KeyError for a meter the store was not opened with.
+        """
+
+    async def meter_quantities_by_customer(
+        self, meter_name: str, start_ms: int, end_ms: int
+    ) -> dict[str, Aggregate]:
+        """Every customer's aggregate over [start_ms, end_ms), from whole buckets only.
+
+        Customers without events are absent. Raises ValueError when a bound is not a
+        multiple of the bucket size, KeyError for an unknown meter.
+        """
+
+    async def rebuild_aggregates(self, meters: Sequence[str] | None = None) -> None:
+        """Recompute the named meters' aggregates (None: all) from the raw events."""
+
+    async def ensure_customer(self, customer_id: str, now_ms: int) -> Customer:
+        """The customer, created at now_ms if it did not exist."""
+
+    async def get_customer(self, customer_id: str) -> Customer | None:
+        """The customer; None if unknown."""
+
+    async def list_customers(self, limit: int, offset: int = 0) -> list[Customer]:
+        """Customers ordered by id."""
+
+    async def set_customer_plan(self, customer_id: str, plan: str | None, now_ms: int) -> Customer:
+        """Set the plan column (None: the default plan), creating the customer if unknown."""
+
+    async def add_key(
+        self, customer_id: str, key_id: str, key_hash: bytes, prefix: str, now_ms: int
+    ) -> ApiKey:
+        """Store a key's hash (never the key), creating the customer if unknown.
+
+        Raises DuplicateKey when the id or the hash is already stored.
+        """
+
+    async def revoke_key(self, customer_id: str, key_id: str, now_ms: int) -> bool:
+        """Revoke the customer's key; False if it is unknown or already revoked."""
+
+    async def list_keys(self, customer_id: str) -> list[ApiKey]:
+        """The customer's keys, revoked ones included, oldest first."""
+
+    async def active_key_hashes(self) -> dict[bytes, tuple[str, str]]:
+        """Hash -> (customer_id, key_id) of every key that is not revoked."""
+
+    async def keys_version(self) -> int:
+        """A counter that grows with every key change: poll it, reload keys when it moves."""
+
+
+# ------------------------------------------------------------- metadata codec
+
+_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def encode_metadata(metadata: Metadata) -> str:
+    """Flat metadata as a JSON object; a Decimal is written as its exact text, as a number."""
+    if not any(isinstance(v, Decimal) for v in metadata.values()):
+        return _encode_json(metadata if isinstance(metadata, dict) else dict(metadata))
+    items = (f"{_encode_json(k)}:{_encode_value(v)}" for k, v in metadata.items())
+    return "{" + ",".join(items) + "}"
+
+
+def _encode_value(value: MetadataValue) -> str:
+    # str(Decimal) is valid JSON number text for every finite Decimal ("1E+3", "-0.50").
+    return str(value) if isinstance(value, Decimal) else _encode_json(value)
+
+
+def decode_metadata(text: str) -> dict[str, MetadataValue]:
+    """The inverse of encode_metadata, except that an integral number without a fraction or
+    exponent comes back as int (Decimal("5") -> 5, equal in value); others as Decimal."""
+    decoded: dict[str, MetadataValue] = json.loads(text, parse_float=Decimal)
+    return decoded
+
+
+# ------------------------------------------------------------------ aggregates
+
+
+def bucket_start(ts_ms: int, bucket_ms: int) -> int:
+    """The start of the bucket holding ts_ms (buckets are aligned to the Unix epoch)."""
+    return ts_ms - ts_ms % bucket_ms
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodSplit:
+    """A time range cut into whole buckets (read from aggregates) and partial edges (raw)."""
+
+    buckets: tuple[int, int] | None  # [first bucket start, end of the last bucket)
+    edges: tuple[tuple[int, int], ...]  # sub-ranges [start, end) to read from raw events
+
+
+def split_period(start_ms: int, end_ms: int, bucket_ms: int) -> PeriodSplit:
+    """Cut [start_ms, end_ms) so that whole buckets come from aggregates."""
+    first = -(-start_ms // bucket_ms) * bucket_ms  # ceil to a bucket boundary
+    last = end_ms // bucket_ms * bucket_ms
+    if first >= last:
+        return PeriodSplit(None, ((start_ms, end_ms),) if start_ms < end_ms else ())
+    edges = tuple((a, b) for a, b in ((start_ms, first), (last, end_ms)) if a < b)
+    return PeriodSplit((first, last), edges)
+
+
+class BatchFold:
+    """Accumulates the aggregate deltas of a run of stored events, in seq order.
+
+    `deltas[meter name][(customer_id, bucket_start)]` is the meter's fold over the events
+    added; `skipped[(meter name, reason)]` counts events a meter could not read.
+    """
+
+    def __init__(self, meters: Iterable[Meter], bucket_ms: int) -> None:
+        self.bucket_ms = bucket_ms
+        self.meters_by_event: dict[str, list[Meter]] = {}
+        for meter in meters:
+            self.meters_by_event.setdefault(meter.event_name, []).append(meter)
+        self.deltas: dict[str, dict[tuple[str, int], Aggregate]] = {}
+        self.skipped: Counter[tuple[str, str]] = Counter()
+
+    def add(
+        self, customer_id: str, event_name: str, ts_ms: int, seq: int, metadata: Metadata
+    ) -> None:
+        for meter in self.meters_by_event.get(event_name, ()):
+            value = meter.read(metadata)
+            if value is None:  # filtered out: not this meter's event
+                continue
+            if isinstance(value, Skip):
+                self.skipped[(meter.name, value.reason)] += 1
+                continue
+            key = (customer_id, ts_ms - ts_ms % self.bucket_ms)
+            per_meter = self.deltas.setdefault(meter.name, {})
+            per_meter[key] = fold(meter.aggregation, per_meter.get(key), value, ts_ms, seq)
+
+
+def fold_rows(meter: Meter, rows: Iterable[tuple[int, int, str]]) -> Aggregate | None:
+    """The meter's fold over raw (seq, timestamp_ms, metadata JSON) rows; None if none count."""
+    agg: Aggregate | None = None
+    for seq, ts_ms, metadata in rows:
+        value = meter.read(decode_metadata(metadata))
+        if value is not None and not isinstance(value, Skip):
+            agg = fold(meter.aggregation, agg, value, ts_ms, seq)
+    return agg

@@ -1,0 +1,588 @@
+"""The embedded SQLite engine of `Store` (aiosqlite, WAL).
+
+Durability: `synchronous=FULL`, so a committed transaction survives a power cut. In WAL mode
+NORMAL only protects against a crash of the process and may lose the last commits when the
+machine loses power, which would break "200 only once durable"; group commit pays the fsync
+once per flush, not once per event.
+
+Concurrency: writes go through one connection, one transaction at a time (an asyncio lock);
+reads use a second connection (each aiosqlite connection has its own thread), which WAL lets
+read a consistent snapshot while the writer commits. Another process (`meterproxy rebuild`)
+may open the same file: `busy_timeout` makes it wait for the write lock instead of failing.
+
+The file must be a real path: ":memory:" would give the two connections two databases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from importlib import resources
+from typing import Any, cast
+
+import aiosqlite
+
+from billing.events import Source, StoredEvent, UsageEvent, now_ms
+from billing.meters import Aggregate, AggregationType, Meter, merge
+from billing.store.base import (
+    ApiKey,
+    AppendResult,
+    BatchFold,
+    Customer,
+    DuplicateKey,
+    StoreError,
+    decode_metadata,
+    encode_metadata,
+    fold_rows,
+    split_period,
+)
+
+_log = logging.getLogger(__name__)
+
+_REBUILD_BATCH = 10_000  # raw events read per query while rebuilding: bounds memory
+_BUSY_TIMEOUT_MS = 10_000
+_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+_WRITER_PRAGMAS = (
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = FULL",
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA cache_size = -65536",  # 64 MiB: keeps the hot ends of the event indexes cached
+    f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}",
+)
+_READER_PRAGMAS = ("PRAGMA query_only = ON", f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+
+_EVENT_COLUMNS = (
+    "seq, event_id, customer_id, event_name, timestamp_ms, metadata, source, ingested_at_ms"
+)
+_INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_KNOWN_IDS = "SELECT event_id FROM events WHERE event_id IN (SELECT value FROM json_each(?))"
+_INSERT_CUSTOMER = (
+    "INSERT INTO customers (id, created_at_ms) VALUES (?, ?) ON CONFLICT (id) DO NOTHING"
+)
+_CUSTOMER_COLUMNS = "id, created_at_ms, plan, deleted_at_ms"
+_AGGREGATE_COLUMNS = "count, value, last_ts_ms, last_seq"
+# CROSS JOIN pins the plan: one primary-key probe per touched key.
+_TOUCHED_AGGREGATES = """
+    SELECT a.customer_id, a.bucket_start_ms, a.count, a.value, a.last_ts_ms, a.last_seq
+    FROM json_each(?) AS k CROSS JOIN meter_aggregates AS a
+    ON a.meter = ? AND a.customer_id = k.value ->> 0 AND a.bucket_start_ms = k.value ->> 1"""
+_UPSERT_AGGREGATE = """
+    INSERT INTO meter_aggregates (meter, customer_id, bucket_start_ms, count, value,
+                                  last_ts_ms, last_seq)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (meter, customer_id, bucket_start_ms) DO UPDATE SET
+        count = excluded.count, value = excluded.value,
+        last_ts_ms = excluded.last_ts_ms, last_seq = excluded.last_seq"""
+_CUSTOMER_BUCKETS = f"""
+    SELECT {_AGGREGATE_COLUMNS} FROM meter_aggregates
+    WHERE meter = ? AND customer_id = ? AND bucket_start_ms >= ? AND bucket_start_ms < ?"""
+_ALL_CUSTOMER_BUCKETS = f"""
+    SELECT customer_id, {_AGGREGATE_COLUMNS} FROM meter_aggregates
+    WHERE meter = ? AND bucket_start_ms >= ? AND bucket_start_ms < ?"""
+_RAW_RANGE = """
+    SELECT seq, timestamp_ms, metadata FROM events
+    WHERE customer_id = ? AND event_name = ? AND timestamp_ms >= ? AND timestamp_ms < ?"""
+_REBUILD_SCAN = """
+    SELECT seq, customer_id, timestamp_ms, metadata FROM events
+    WHERE seq > ? AND event_name = ? ORDER BY seq LIMIT ?"""
+
+
+class SqliteStore:
+    """`Store` on one SQLite file; see the module docstring for durability and concurrency.
+
+    `meters` are the configured meters; `bucket_ms` the aggregate bucket size (periods are
+    read from whole buckets plus raw events at unaligned edges). `clock` (wall time in ms)
+    is read only to stamp applied migrations and rebuilt meters.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        meters: Sequence[Meter],
+        bucket_ms: int,
+        *,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        if bucket_ms <= 0:
+            raise ValueError(f"bucket_ms must be positive, got {bucket_ms}")
+        self._path = path
+        self._meters = {meter.name: meter for meter in meters}
+        self._bucket_ms = bucket_ms
+        self._clock = clock
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+        self._read_lock = asyncio.Lock()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def open(self) -> None:
+        """Open the file (creating it), migrate the schema, rebuild changed meters' aggregates.
+
+        Raises StoreError when the file cannot be opened or migrated, or holds a schema
+        newer than this version knows.
+        """
+        try:
+            self._writer = await _connect(self._path, _WRITER_PRAGMAS)
+            await _migrate(self._writer, self._clock())
+            self._reader = await _connect(self._path, _READER_PRAGMAS)
+            await self._sync_meters()
+        except sqlite3.Error as exc:
+            await self.close()
+            raise StoreError(f"{self._path}: {exc}") from exc
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Close both connections; safe to call twice or after a failed open."""
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    # -------------------------------------------------------------------- events
+
+    async def append(self, events: Sequence[UsageEvent], now_ms: int) -> AppendResult:
+        """See `Store.append`. Raises StoreError (nothing stored) when the write fails."""
+        firsts: dict[str, int] = {}
+        for index, event in enumerate(events):
+            firsts.setdefault(event.event_id, index)  # the first of a batch's duplicates wins
+        stored = [False] * len(events)
+        async with self._transaction() as conn:
+            known = await _known_ids(conn, list(firsts))
+            fresh = [index for event_id, index in firsts.items() if event_id not in known]
+            watermark = await _max(conn, "ingested_at_ms")
+            if not fresh:
+                return AppendResult(tuple(stored), {}, watermark)
+            watermark = max(now_ms, watermark + 1)
+            batch = await self._insert(conn, [events[i] for i in fresh], watermark)
+            await self._merge_deltas(conn, batch.deltas)
+        for index in fresh:
+            stored[index] = True
+        return AppendResult(tuple(stored), dict(batch.skipped), watermark)
+
+    async def _insert(
+        self, conn: aiosqlite.Connection, events: list[UsageEvent], ingested_at_ms: int
+    ) -> BatchFold:
+        """Insert new events (and their unknown customers); return their aggregate deltas."""
+        first_seq = await _max(conn, "seq") + 1
+        batch = BatchFold(self._meters.values(), self._bucket_ms)
+        rows = []
+        # A new customer exists from its earliest event, so its first period covers it.
+        created: dict[str, int] = {}
+        for seq, e in enumerate(events, first_seq):
+            rows.append((seq, e.event_id, e.customer_id, e.event_name, e.timestamp_ms,
+                         encode_metadata(e.metadata), e.source, ingested_at_ms))
+            created[e.customer_id] = min(created.get(e.customer_id, ingested_at_ms),
+                                         e.timestamp_ms)
+            batch.add(e.customer_id, e.event_name, e.timestamp_ms, seq, e.metadata)
+        await conn.executemany(_INSERT_EVENT, rows)
+        await conn.executemany(_INSERT_CUSTOMER, created.items())
+        return batch
+
+    async def get_event(self, event_id: str) -> StoredEvent | None:
+        """See `Store.get_event`."""
+        rows = await self._read(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,)
+        )
+        return next((_stored_event(row) for row in rows), None)
+
+    async def list_events(
+        self,
+        *,
+        customer_id: str | None = None,
+        event_names: Sequence[str] | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        limit: int,
+        offset: int = 0,
+    ) -> list[StoredEvent]:
+        """See `Store.list_events`."""
+        if event_names is not None and not event_names:
+            return []
+        conditions = {
+            "customer_id = ?": customer_id,
+            "event_name IN (SELECT value FROM json_each(?))":
+                None if event_names is None else json.dumps(list(event_names)),
+            "timestamp_ms >= ?": start_ms,
+            "timestamp_ms < ?": end_ms,
+        }
+        used = {sql: value for sql, value in conditions.items() if value is not None}
+        where = " AND ".join(used) or "1"
+        rows = await self._read(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {where}"
+            " ORDER BY timestamp_ms DESC, seq DESC LIMIT ? OFFSET ?",
+            (*used.values(), limit, offset),
+        )
+        return [_stored_event(row) for row in rows]
+
+    async def watermark(self) -> int:
+        """See `Store.watermark`."""
+        rows = await self._read("SELECT MAX(ingested_at_ms) FROM events")
+        return next(iter(rows))[0] or 0
+
+    # ---------------------------------------------------------------- aggregates
+
+    async def meter_aggregate(
+        self, meter_name: str, customer_id: str, start_ms: int, end_ms: int
+    ) -> Aggregate | None:
+        """See `Store.meter_aggregate`: whole buckets from the aggregate table, the partial
+        buckets at unaligned edges from the raw events of that sub-range, one snapshot."""
+        meter = self._meter(meter_name)
+        split = split_period(start_ms, end_ms, self._bucket_ms)
+        total: Aggregate | None = None
+        async with self._snapshot() as conn:
+            if split.buckets is not None:
+                params = (meter.name, customer_id, *split.buckets)
+                for row in await conn.execute_fetchall(_CUSTOMER_BUCKETS, params):
+                    total = merge(meter.aggregation, total, _aggregate(row))
+            for start, end in split.edges:
+                params = (customer_id, meter.event_name, start, end)
+                rows = await conn.execute_fetchall(_RAW_RANGE, params)
+                total = merge(meter.aggregation, total, fold_rows(meter, rows))
+        return total
+
+    async def meter_quantities_by_customer(
+        self, meter_name: str, start_ms: int, end_ms: int
+    ) -> dict[str, Aggregate]:
+        """See `Store.meter_quantities_by_customer`."""
+        meter = self._meter(meter_name)
+        if start_ms % self._bucket_ms or end_ms % self._bucket_ms:
+            raise ValueError(f"[{start_ms}, {end_ms}) is not aligned to {self._bucket_ms} ms")
+        rows = await self._read(_ALL_CUSTOMER_BUCKETS, (meter.name, start_ms, end_ms))
+        totals: dict[str, Aggregate] = {}
+        for row in rows:
+            totals[row[0]] = _merged(meter.aggregation, totals.get(row[0]), _aggregate(row[1:]))
+        return totals
+
+    async def rebuild_aggregates(self, meters: Sequence[str] | None = None) -> None:
+        """See `Store.rebuild_aggregates`: one transaction per meter, raw events read in
+        batches of `_REBUILD_BATCH`. Raises KeyError for an unknown meter name."""
+        names = list(self._meters) if meters is None else meters
+        for meter in [self._meter(name) for name in names]:
+            await self._rebuild(meter)
+
+    async def _rebuild(self, meter: Meter) -> None:
+        async with self._transaction() as conn:
+            await conn.execute("DELETE FROM meter_aggregates WHERE meter = ?", (meter.name,))
+            after = 0
+            while rows := list(await conn.execute_fetchall(
+                _REBUILD_SCAN, (after, meter.event_name, _REBUILD_BATCH)
+            )):
+                batch = BatchFold((meter,), self._bucket_ms)
+                for seq, customer_id, ts_ms, metadata in rows:
+                    batch.add(customer_id, meter.event_name, ts_ms, seq, decode_metadata(metadata))
+                await self._merge_deltas(conn, batch.deltas)
+                after = rows[-1][0]
+            await conn.execute(
+                "INSERT OR REPLACE INTO meter_state VALUES (?, ?, ?, ?)",
+                (meter.name, meter.fingerprint(), self._bucket_ms, self._clock()),
+            )
+
+    async def _sync_meters(self) -> None:
+        """Rebuild the meters whose definition or bucket size changed since their aggregates
+        were built (and new ones); forget the aggregates of meters no longer configured."""
+        built = {row[0]: (row[1], row[2]) for row in
+                 await self._read("SELECT meter, fingerprint, bucket_ms FROM meter_state")}
+        gone = [name for name in built if name not in self._meters]
+        if gone:
+            async with self._transaction() as conn:
+                for table in ("meter_aggregates", "meter_state"):
+                    await conn.executemany(
+                        f"DELETE FROM {table} WHERE meter = ?", [(n,) for n in gone]
+                    )
+            _log.info("dropped the aggregates of removed meters: %s", ", ".join(gone))
+        for meter in self._meters.values():
+            was = built.get(meter.name)
+            if was != (meter.fingerprint(), self._bucket_ms):
+                reason = "new meter" if was is None else "definition or bucket size changed"
+                _log.info("rebuilding the aggregates of meter %s (%s)", meter.name, reason)
+                await self._rebuild(meter)
+
+    async def _merge_deltas(
+        self, conn: aiosqlite.Connection, deltas: Mapping[str, Mapping[tuple[str, int], Aggregate]]
+    ) -> None:
+        """Merge per-meter deltas into the aggregate rows: one read of the touched rows and
+        one executemany upsert per meter."""
+        for meter_name, per_key in deltas.items():
+            kind = self._meters[meter_name].aggregation
+            keys = json.dumps([[customer_id, bucket] for customer_id, bucket in per_key])
+            existing = {
+                (row[0], row[1]): _aggregate(row[2:])
+                for row in await conn.execute_fetchall(_TOUCHED_AGGREGATES, (keys, meter_name))
+            }
+            rows = []
+            for (customer_id, bucket), delta in per_key.items():
+                agg = _merged(kind, existing.get((customer_id, bucket)), delta)
+                rows.append((meter_name, customer_id, bucket, agg.count, str(agg.value),
+                             agg.last_ts, agg.last_seq))
+            await conn.executemany(_UPSERT_AGGREGATE, rows)
+
+    def _meter(self, name: str) -> Meter:
+        try:
+            return self._meters[name]
+        except KeyError:
+            raise KeyError(f"unknown meter {name!r}") from None
+
+    # ---------------------------------------------------------- customers, keys
+
+    async def ensure_customer(self, customer_id: str, now_ms: int) -> Customer:
+        """See `Store.ensure_customer`."""
+        async with self._transaction() as conn:
+            await conn.execute(_INSERT_CUSTOMER, (customer_id, now_ms))
+            return await _customer(conn, customer_id)
+
+    async def get_customer(self, customer_id: str) -> Customer | None:
+        """See `Store.get_customer`."""
+        rows = await self._read(
+            f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE id = ?", (customer_id,)
+        )
+        return next((Customer(*row) for row in rows), None)
+
+    async def list_customers(self, limit: int, offset: int = 0) -> list[Customer]:
+        """See `Store.list_customers`."""
+        rows = await self._read(
+            f"SELECT {_CUSTOMER_COLUMNS} FROM customers ORDER BY id LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        return [Customer(*row) for row in rows]
+
+    async def set_customer_plan(self, customer_id: str, plan: str | None, now_ms: int) -> Customer:
+        """See `Store.set_customer_plan`."""
+        async with self._transaction() as conn:
+            await conn.execute(
+                "INSERT INTO customers (id, created_at_ms, plan) VALUES (?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET plan = excluded.plan",
+                (customer_id, now_ms, plan),
+            )
+            return await _customer(conn, customer_id)
+
+    async def add_key(
+        self, customer_id: str, key_id: str, key_hash: bytes, prefix: str, now_ms: int
+    ) -> ApiKey:
+        """See `Store.add_key`. Raises DuplicateKey when the id or the hash is stored."""
+        async with self._transaction() as conn:
+            await conn.execute(_INSERT_CUSTOMER, (customer_id, now_ms))
+            try:
+                await conn.execute(
+                    "INSERT INTO api_keys (key_id, customer_id, key_hash, prefix, created_at_ms)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (key_id, customer_id, key_hash, prefix, now_ms),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise DuplicateKey(f"key {key_id!r} or its secret is already stored") from exc
+            await _bump_key_version(conn)
+        return ApiKey(key_id, customer_id, prefix, now_ms, None)
+
+    async def revoke_key(self, customer_id: str, key_id: str, now_ms: int) -> bool:
+        """See `Store.revoke_key`."""
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE api_keys SET revoked_at_ms = ?"
+                " WHERE key_id = ? AND customer_id = ? AND revoked_at_ms IS NULL",
+                (now_ms, key_id, customer_id),
+            )
+            revoked = cursor.rowcount == 1
+            if revoked:
+                await _bump_key_version(conn)
+        return revoked
+
+    async def list_keys(self, customer_id: str) -> list[ApiKey]:
+        """See `Store.list_keys`."""
+        rows = await self._read(
+            "SELECT key_id, customer_id, prefix, created_at_ms, revoked_at_ms FROM api_keys"
+            " WHERE customer_id = ? ORDER BY created_at_ms, key_id",
+            (customer_id,),
+        )
+        return [ApiKey(*row) for row in rows]
+
+    async def active_key_hashes(self) -> dict[bytes, tuple[str, str]]:
+        """See `Store.active_key_hashes`."""
+        rows = await self._read(
+            "SELECT key_hash, customer_id, key_id FROM api_keys WHERE revoked_at_ms IS NULL"
+        )
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+    async def keys_version(self) -> int:
+        """See `Store.keys_version`."""
+        rows = await self._read("SELECT version FROM key_version")
+        return int(next(iter(rows))[0])
+
+    # -------------------------------------------------------------- connections
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; rolled back on any error, sqlite errors as StoreError."""
+        conn = _opened(self._writer)
+        async with self._write_lock:
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                await conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                await _rollback(conn)
+                raise StoreError(f"{self._path}: {exc}") from exc
+            except BaseException:
+                await _rollback(conn)
+                raise
+
+    @asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Several reads that see one committed state of the file."""
+        conn = _opened(self._reader)
+        async with self._read_lock:
+            try:
+                await conn.execute("BEGIN")
+                yield conn
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self._path}: {exc}") from exc
+            finally:
+                await _rollback(conn)  # read-only: ending the snapshot is all it does
+
+    async def _read(self, sql: str, params: Iterable[Any] = ()) -> Iterable[sqlite3.Row]:
+        conn = _opened(self._reader)
+        async with self._read_lock:
+            try:
+                return await conn.execute_fetchall(sql, params)
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self._path}: {exc}") from exc
+
+
+# ------------------------------------------------------------------- helpers
+
+
+def _opened(conn: aiosqlite.Connection | None) -> aiosqlite.Connection:
+    if conn is None:
+        raise StoreError("the store is not open")
+    return conn
+
+
+async def _connect(path: str, pragmas: Iterable[str]) -> aiosqlite.Connection:
+    # isolation_level=None: no implicit BEGIN; transactions are explicit and short.
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        for pragma in pragmas:
+            await conn.execute(pragma)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    if conn.in_transaction:
+        try:
+            await conn.execute("ROLLBACK")
+        except sqlite3.Error:  # SQLite already rolled back (e.g. after a full disk)
+            _log.debug("rollback after a failed transaction also failed", exc_info=True)
+
+
+async def _max(conn: aiosqlite.Connection, column: str) -> int:
+    """MAX(column) of the events (an index or rowid seek); 0 when there are none."""
+    rows = await conn.execute_fetchall(f"SELECT MAX({column}) FROM events")
+    return int(next(iter(rows))[0] or 0)
+
+
+async def _known_ids(conn: aiosqlite.Connection, event_ids: list[str]) -> set[str]:
+    rows = await conn.execute_fetchall(_KNOWN_IDS, (json.dumps(event_ids),))
+    return {row[0] for row in rows}
+
+
+async def _customer(conn: aiosqlite.Connection, customer_id: str) -> Customer:
+    rows = await conn.execute_fetchall(
+        f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE id = ?", (customer_id,)
+    )
+    return Customer(*next(iter(rows)))
+
+
+async def _bump_key_version(conn: aiosqlite.Connection) -> None:
+    await conn.execute("UPDATE key_version SET version = version + 1")
+
+
+def _aggregate(row: Sequence[Any]) -> Aggregate:
+    """An Aggregate from (count, value, last_ts_ms, last_seq) columns."""
+    return Aggregate(row[0], Decimal(row[1]), row[2], row[3])
+
+
+def _merged(kind: AggregationType, acc: Aggregate | None, agg: Aggregate) -> Aggregate:
+    merged = merge(kind, acc, agg)
+    assert merged is not None  # merging with a present aggregate yields one
+    return merged
+
+
+def _stored_event(row: Sequence[Any]) -> StoredEvent:
+    seq, event_id, customer_id, event_name, ts_ms, metadata, source, ingested_at_ms = row
+    event = UsageEvent(event_id, customer_id, event_name, ts_ms, decode_metadata(metadata),
+                       cast(Source, source))
+    return StoredEvent(event, seq, ingested_at_ms)
+
+
+# ---------------------------------------------------------------- migrations
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of the packaged migration files, in version order."""
+    found = []
+    for entry in (resources.files("billing.store") / "migrations").iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), match.group(2), entry.read_text("utf-8")))
+    return sorted(found)
+
+
+async def _migrate(conn: aiosqlite.Connection, now_ms: int) -> None:
+    """Apply the migrations not applied yet, each in its own transaction with its record.
+
+    Raises StoreError when the file records a version this code does not know (a newer
+    meterproxy wrote it).
+    """
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+        " name TEXT NOT NULL, applied_at_ms INTEGER NOT NULL) STRICT"
+    )
+    known = _migrations()
+    for version, name, sql in known:
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Checked inside the transaction: another process may have just applied it.
+            if not await conn.execute_fetchall(
+                "SELECT 1 FROM schema_migrations WHERE version = ?", (version,)
+            ):
+                for statement in _statements(sql):
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, now_ms)
+                )
+                _log.info("applied schema migration %04d_%s", version, name)
+            await conn.execute("COMMIT")
+        except BaseException:
+            await _rollback(conn)
+            raise
+    newest = await _max_version(conn)
+    if known and newest > known[-1][0]:
+        raise StoreError(f"the database has schema version {newest}, newer than this meterproxy")
+
+
+async def _max_version(conn: aiosqlite.Connection) -> int:
+    rows = await conn.execute_fetchall("SELECT MAX(version) FROM schema_migrations")
+    return int(next(iter(rows))[0] or 0)
+
+
+def _statements(script: str) -> Iterable[str]:
+    """Split a migration into statements (executescript would commit our transaction)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+    if pending.strip():
+        yield pending  # trailing comments run as a no-op; a cut-off statement fails loudly

@@ -1,0 +1,306 @@
+"""The event writer: one queue, one writer loop, one store transaction per flush.
+
+The proxy calls `submit` on its hot path (no await, no task, O(1) per event); the ingest API
+awaits `submit_durable`, which shares the same group commit and resolves once the events'
+transaction committed. `run` is the only writer loop; the app owns it as a task. A flush is
+due when `flush_interval` has passed since the oldest queued event arrived or `max_batch`
+events are queued, whichever comes first.
+
+When the store fails (disk full, read-only file) the flushed events stay in memory, the
+observer hears of every failure and the flush is retried with capped exponential backoff;
+the queue drains once the store accepts writes again. Meanwhile a queue that reaches
+`max_pending` applies `on_full`: "reject" raises StoreUnavailable (the proxy answers 503),
+"drop" drops and counts.
+
+Exceptions:
+    StoreUnavailable -- the writer takes no more events: the queue is full or it is closing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from billing.events import UsageEvent, now_ms
+from billing.store.base import AppendResult
+
+_log = logging.getLogger(__name__)
+
+OnFull = Literal["reject", "drop"]
+OutcomeCounts = Mapping[tuple[str, str, str], int]  # (event_name, source, outcome) -> events
+
+
+class StoreUnavailable(Exception):
+    """The writer cannot take these events: its queue is full or it is closing."""
+
+
+class Appender(Protocol):
+    """The part of `Store` the writer needs."""
+
+    async def append(self, events: Sequence[UsageEvent], now_ms: int) -> AppendResult: ...
+
+
+class WriterObserver(Protocol):
+    """Hears what the writer does (the proxy turns it into Prometheus metrics)."""
+
+    def on_flush(self, events_count: int, duration_s: float) -> None:
+        """A flush committed `events_count` events in `duration_s` (its last attempt)."""
+
+    def on_flush_error(self, exc: Exception) -> None:
+        """A flush attempt failed; it will be retried."""
+
+    def on_stored(self, counts: OutcomeCounts) -> None:
+        """Events by (event_name, source, outcome): stored | duplicate | rejected | dropped."""
+
+    def on_skipped(self, meter: str, reason: str, n: int) -> None:
+        """n newly stored events were left out of `meter` (reason missing | not_numeric)."""
+
+
+class _NoObserver:
+    def on_flush(self, events_count: int, duration_s: float) -> None:
+        pass
+
+    def on_flush_error(self, exc: Exception) -> None:
+        pass
+
+    def on_stored(self, counts: OutcomeCounts) -> None:
+        pass
+
+    def on_skipped(self, meter: str, reason: str, n: int) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Submission:
+    events: Sequence[UsageEvent]
+    future: asyncio.Future[AppendResult] | None  # set by submit_durable only
+    queued_at: float  # event loop time
+
+
+class EventWriter:
+    """Queues usage events and stores them in group commits; see the module docstring.
+
+    `clock` gives the wall time in ms that stamps each flush (`ingested_at`); flush
+    durations for the observer are measured with time.perf_counter. A flush takes whole
+    submissions, so one append exceeds `max_batch` only for a larger single submission.
+    """
+
+    def __init__(
+        self,
+        store: Appender,
+        flush_interval_ms: int,
+        *,
+        max_batch: int = 1000,
+        max_pending: int = 100_000,
+        on_full: OnFull = "reject",
+        observer: WriterObserver | None = None,
+        clock: Callable[[], int] = now_ms,
+        retry_initial_s: float = 0.05,
+        retry_max_s: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._interval_s = flush_interval_ms / 1000
+        self._max_batch = max_batch
+        self._max_pending = max_pending
+        self._on_full = on_full
+        self._observer: WriterObserver = observer or _NoObserver()
+        self._clock = clock
+        self._retry_initial_s = retry_initial_s
+        self._retry_max_s = retry_max_s
+        self._queue: deque[_Submission] = deque()
+        self._queued = 0  # events in the queue
+        self._in_flight: list[_Submission] = []  # the flush being stored
+        self._in_flight_count = 0  # events in _in_flight
+        self._failing = False
+        self._closing = False
+        self._wake = asyncio.Event()  # the loop may have a flush to do
+        self._give_up = asyncio.Event()  # close() timed out
+        self._stopped = asyncio.Event()  # run() returned
+
+    @property
+    def pending(self) -> int:
+        """Events accepted and not yet durable (queued or being flushed)."""
+        return self._queued + self._in_flight_count
+
+    @property
+    def failing(self) -> bool:
+        """True from a failed flush until the next successful one."""
+        return self._failing
+
+    def accepting(self) -> bool:
+        """Whether submit would take an event now (the proxy checks before the upstream)."""
+        return not self._closing and self.pending < self._max_pending
+
+    def submit(self, events: Sequence[UsageEvent]) -> None:
+        """Queue events to be stored within flush_interval; never blocks, never awaits.
+
+        When the queue is full: on_full "drop" drops them (counted as dropped), "reject"
+        raises StoreUnavailable (counted as rejected). Also raises StoreUnavailable once
+        close() has begun.
+        """
+        if not events:
+            return
+        if self._has_room(len(events)):
+            self._enqueue(_Submission(events, None, asyncio.get_running_loop().time()))
+        elif self._on_full == "drop" and not self._closing:
+            self._observer.on_stored(_outcomes(events, "dropped"))
+        else:
+            raise self._rejected(events)
+
+    async def submit_durable(self, events: Sequence[UsageEvent]) -> AppendResult:
+        """Queue events and return once their transaction committed: which were newly stored.
+
+        Raises StoreUnavailable (nothing queued) when the queue is full whatever on_full
+        says, or once close() has begun, or when close() gave up before storing them.
+        """
+        if not self._has_room(len(events)):
+            raise self._rejected(events)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[AppendResult] = loop.create_future()
+        self._enqueue(_Submission(events, future, loop.time()))
+        return await future
+
+    def _has_room(self, count: int) -> bool:
+        return not self._closing and self.pending + count <= self._max_pending
+
+    def _rejected(self, events: Sequence[UsageEvent]) -> StoreUnavailable:
+        self._observer.on_stored(_outcomes(events, "rejected"))
+        return StoreUnavailable("closing" if self._closing else "the event queue is full")
+
+    def _enqueue(self, submission: _Submission) -> None:
+        was_empty = not self._queue
+        self._queue.append(submission)
+        self._queued += len(submission.events)
+        if was_empty or self._queued >= self._max_batch:
+            self._wake.set()
+
+    # ------------------------------------------------------------------- the loop
+
+    async def run(self) -> None:
+        """The writer loop. Returns after close() has flushed everything or given up;
+        on return (or cancellation) durable submitters still waiting get StoreUnavailable."""
+        try:
+            while not self._give_up.is_set() and not (self._closing and not self._queue):
+                await self._wait_until_due()
+                if self._queue and not self._give_up.is_set():
+                    await self._flush(self._take())
+        finally:
+            self._abandon_all()
+            self._stopped.set()
+
+    async def close(self, timeout: float) -> int:
+        """Flush everything pending, then make run() return; wait at most `timeout` seconds.
+
+        Returns how many events were not stored in time (0: all are durable); those are
+        given up (logged). From the call on, submits raise StoreUnavailable.
+        """
+        self._closing = True
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._stopped.wait()
+        except TimeoutError:
+            lost = self.pending
+            _log.error("gave up on %d unstored events after %.1fs of shutdown", lost, timeout)
+            self._give_up.set()
+            return lost
+        return 0
+
+    async def _wait_until_due(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._due(loop.time()):
+            self._wake.clear()
+            deadline = self._queue[0].queued_at + self._interval_s if self._queue else None
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    def _due(self, now: float) -> bool:
+        if self._closing or self._give_up.is_set():
+            return True
+        if not self._queue:
+            return False
+        return self._queued >= self._max_batch or now >= self._queue[0].queued_at + self._interval_s
+
+    def _take(self) -> list[_Submission]:
+        """Whole submissions from the front, up to max_batch events (at least one)."""
+        taken: list[_Submission] = []
+        count = 0
+        while self._queue and (not taken or count + len(self._queue[0].events) <= self._max_batch):
+            submission = self._queue.popleft()
+            taken.append(submission)
+            count += len(submission.events)
+        self._queued -= count
+        self._in_flight, self._in_flight_count = taken, count
+        return taken
+
+    async def _flush(self, taken: list[_Submission]) -> None:
+        """Store one batch, retrying until it commits or close() gives up."""
+        events = [event for submission in taken for event in submission.events]
+        delay = self._retry_initial_s
+        while True:
+            started = time.perf_counter()
+            try:
+                result = await self._store.append(events, self._clock())
+                break
+            except Exception as exc:
+                self._on_error(exc, len(events), delay)
+            if await self._gave_up_within(delay):
+                return
+            delay = min(delay * 2, self._retry_max_s)
+        self._failing = False
+        self._in_flight, self._in_flight_count = [], 0
+        self._observer.on_flush(len(events), time.perf_counter() - started)
+        self._report(events, result)
+        _resolve(taken, result)
+
+    def _on_error(self, exc: Exception, count: int, delay: float) -> None:
+        self._failing = True
+        _log.warning("storing %d events failed (%s); retrying in %.2fs", count, exc, delay)
+        self._observer.on_flush_error(exc)
+
+    async def _gave_up_within(self, delay_s: float) -> bool:
+        """Sleep for the backoff delay; True (at once) if close() gives up meanwhile."""
+        try:
+            async with asyncio.timeout(delay_s):
+                await self._give_up.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _report(self, events: Sequence[UsageEvent], result: AppendResult) -> None:
+        counts = Counter(
+            (e.event_name, e.source, "stored" if stored else "duplicate")
+            for e, stored in zip(events, result.stored, strict=True)
+        )
+        self._observer.on_stored(counts)
+        for (meter, reason), n in result.skipped.items():
+            self._observer.on_skipped(meter, reason, n)
+
+    def _abandon_all(self) -> None:
+        """Fail the durable submitters of everything not stored (the loop is ending)."""
+        error = StoreUnavailable("the writer stopped before these events were stored")
+        for submission in (*self._in_flight, *self._queue):
+            if submission.future is not None and not submission.future.done():
+                submission.future.set_exception(error)
+
+
+def _outcomes(events: Sequence[UsageEvent], outcome: str) -> Counter[tuple[str, str, str]]:
+    return Counter((e.event_name, e.source, outcome) for e in events)
+
+
+def _resolve(taken: list[_Submission], result: AppendResult) -> None:
+    """Give each durable submission its slice of the flush's result."""
+    offset = 0
+    for submission in taken:
+        end = offset + len(submission.events)
+        if submission.future is not None and not submission.future.done():
+            submission.future.set_result(result.part(offset, end))
+        offset = end
