@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from yarl import URL
 
 from billing.writer import StoreUnavailable
@@ -28,6 +29,7 @@ from proxy.errors import (
 from proxy.headers import client_response_headers, upstream_request_headers
 from proxy.metrics import NO_RULE, status_class
 from proxy.state import ProxyState
+from proxy.websocket import is_websocket_upgrade, relay_websocket
 from rules.exchange import Exchange
 from rules.identify import Verdict, identify_request, identify_response
 from rules.jsonselect import BodyTap
@@ -92,6 +94,8 @@ class Forwarder:
         refusal = self._admit(state, request, x)
         if refusal is not None:
             return refusal
+        if is_websocket_upgrade(request):
+            return await self._websocket(state, request, x, raw_path, timing)
         tap = self._request_tap(state, request, x)
         body = self._body(state, request, x, tap) if request.body_exists else None
         try:
@@ -170,6 +174,38 @@ class Forwarder:
             if tap is not None:
                 x.request_json = tap.finish(complete=complete)
 
+    async def _websocket(
+        self,
+        state: ProxyState,
+        request: web.BaseRequest,
+        x: Exchange,
+        raw_path: str,
+        timing: _Timing,
+    ) -> web.StreamResponse:
+        try:
+            return await relay_websocket(
+                request, x, state.session, URL(state.upstream_base + raw_path, encoded=True),
+                self._upstream_headers(state, request, x), state.settings.connect_timeout_s,
+            )
+        except ProxyError as exc:
+            return self._error(state, x, exc)
+        finally:
+            # A socket's lifetime is the peers' business, not our overhead.
+            timing.waiting = time.perf_counter() - timing.start
+
+    def _upstream_headers(
+        self, state: ProxyState, request: web.BaseRequest, x: Exchange
+    ) -> CIMultiDict[str]:
+        return upstream_request_headers(
+            request.headers,
+            drop=state.customers.api_key_headers,
+            peer=request.remote,
+            trusted=state.is_trusted(request.remote),
+            scheme=request.scheme,
+            customer_id=x.customer_id,
+            host=state.upstream_host,
+        )
+
     async def _send(
         self,
         state: ProxyState,
@@ -179,15 +215,7 @@ class Forwarder:
         body: AsyncIterator[bytes] | None,
         timing: _Timing,
     ) -> aiohttp.ClientResponse:
-        headers = upstream_request_headers(
-            request.headers,
-            drop=state.customers.api_key_headers,
-            peer=request.remote,
-            trusted=state.is_trusted(request.remote),
-            scheme=request.scheme,
-            customer_id=x.customer_id,
-            host=state.upstream_host,
-        )
+        headers = self._upstream_headers(state, request, x)
         expect100 = headers.popall("expect", None) is not None and body is not None
         began = time.perf_counter()
         try:

@@ -104,8 +104,8 @@ def _query(x: Exchange, name: str) -> Any:
 
 
 def _json(results: Mapping[str, Any] | None, path: str) -> Any:
-    if results is None:
-        return NOTHING
+    if results is None:  # no body was inspected: no value, and no default either
+        return INCOMPLETE_FAILURE
     result = results.get(path)
     if result is None:
         return NOTHING
