@@ -172,6 +172,7 @@ class _Node:
     children: Mapping[str, _Node]
     path: str | None  # the selected path ending here
     indexed: bool  # some child key is also a list index
+    below: tuple[str, ...]  # the selected paths at or under this node
 
 
 def _trie(paths: Sequence[_Path], depth: int) -> _Node:
@@ -183,7 +184,8 @@ def _trie(paths: Sequence[_Path], depth: int) -> _Node:
         else:
             groups.setdefault(path.keys[depth], []).append(path)
     children = {key: _trie(group, depth + 1) for key, group in groups.items()}
-    return _Node(children, end, any(_INDEX.fullmatch(key) for key in children))
+    indexed = any(_INDEX.fullmatch(key) for key in children)
+    return _Node(children, end, indexed, tuple(path.text for path in paths))
 
 
 # ------------------------------------------------------------------ taps
@@ -395,8 +397,9 @@ class _StreamSelect:
         self._values: dict[str, object] = {}  # last one wins, as with json.loads
 
     def feed(self, data: bytes) -> None:
-        self._coro.send(data)
-        self._consume()
+        if data:  # ijson takes an empty send as the end of the document
+            self._coro.send(data)
+            self._consume()
 
     def close(self) -> None:
         """Declare the end of the body; raises if the JSON text is not complete."""
@@ -442,6 +445,8 @@ class _StreamSelect:
         if node is None:
             self._skip = int(container)
             return
+        for text in node.below:  # a repeated key replaces all values under it
+            self._values.pop(text, None)
         if node.path is not None:
             if container:
                 self._captures.append(_Capture(node.path, event, self._paths.limit))

@@ -51,12 +51,13 @@ class SseParser:
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
         lines = chunk.splitlines(keepends=True)  # splits at \r\n, \n and \r only (bytes)
-        if lines and not lines[-1].endswith((b"\n", b"\r")):
-            self._keep(lines.pop())
-        elif lines:
-            self._skip_lf = lines[-1].endswith(b"\r")
+        tail = lines.pop() if lines and not lines[-1].endswith((b"\n", b"\r")) else b""
         for line in lines:
             self._take_line(line.rstrip(b"\r\n"), events)
+        if tail:
+            self._keep(tail)
+        elif lines:
+            self._skip_lf = lines[-1].endswith(b"\r")
         return events
 
     def finish(self) -> list[SseEvent]:
