@@ -529,7 +529,7 @@ def test_events_without_the_path_or_with_null_do_not_override() -> None:
         b'data: {"usage": {"n": 1}}\n\n'
         b'data: {"usage": null, "text": "usage"}\n\n'
         b'data: {"other": {"usage": 5}}\n\n'
-        b"data: not json with \"usage\"\n\n"
+        b'data: not json with "usage"\n\n'
         b"data: [DONE]\n\n"
     )
     assert select(["usage.n", "usage"], [stream], content_type=SSE) == {
@@ -562,7 +562,7 @@ def test_an_oversized_event_makes_unfound_paths_too_large() -> None:
 
 
 def test_an_event_holding_a_top_level_array_is_read() -> None:
-    stream = b"data: [1, {\"id\": 7}]\n\n"
+    stream = b'data: [1, {"id": 7}]\n\n'
     assert select(["1.id", "0"], [stream], content_type=SSE) == {"1.id": found(7), "0": found(1)}
 
 
