@@ -193,7 +193,7 @@ class EventWriter:
             self._abandon_all()
             self._stopped.set()
 
-    async def close(self, timeout: float) -> int:
+    async def close(self, timeout: float) -> int:  # noqa: ASYNC109 (a bound, not a cancel)
         """Flush everything pending, then make run() return; wait at most `timeout` seconds.
 
         Returns how many events were not stored in time (0: all are durable); those are
@@ -276,7 +276,7 @@ class EventWriter:
         return True
 
     def _report(self, events: Sequence[UsageEvent], result: AppendResult) -> None:
-        counts = Counter(
+        counts: Counter[tuple[str, str, str]] = Counter(
             (e.event_name, e.source, "stored" if stored else "duplicate")
             for e, stored in zip(events, result.stored, strict=True)
         )
@@ -292,8 +292,11 @@ class EventWriter:
                 submission.future.set_exception(error)
 
 
-def _outcomes(events: Sequence[UsageEvent], outcome: str) -> Counter[tuple[str, str, str]]:
-    return Counter((e.event_name, e.source, outcome) for e in events)
+def _outcomes(events: Sequence[UsageEvent], outcome: str) -> OutcomeCounts:
+    counts: Counter[tuple[str, str, str]] = Counter(
+        (e.event_name, e.source, outcome) for e in events
+    )
+    return counts
 
 
 def _resolve(taken: list[_Submission], result: AppendResult) -> None:

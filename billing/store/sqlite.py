@@ -52,6 +52,7 @@ _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _WRITER_PRAGMAS = (
     "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = FULL",
+    "PRAGMA wal_autocheckpoint = 10000",  # 40 MB of WAL: checkpoints rarely block a commit
     "PRAGMA foreign_keys = ON",
     "PRAGMA cache_size = -65536",  # 64 MiB: keeps the hot ends of the event indexes cached
     f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import sqlite3
 import tempfile
@@ -86,7 +87,7 @@ def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
 
 
 def aggregate_rows(path: Path) -> list[tuple[Any, ...]]:
-    found = rows(path, "SELECT * FROM meter_aggregates ORDER BY meter, customer_id, bucket_start_ms")
+    found = rows(path, "SELECT * FROM meter_aggregates ORDER BY 1, 2, 3")
     return [(*row[:4], Decimal(row[4]), *row[5:]) for row in found]
 
 
@@ -354,7 +355,8 @@ def brute_force(
     values = []
     for s in stored:
         e = s.event
-        if (e.customer_id, e.event_name) == (customer, m.event_name) and start <= e.timestamp_ms < end:
+        inside = start <= e.timestamp_ms < end
+        if inside and (e.customer_id, e.event_name) == (customer, m.event_name):
             value = m.read(e.metadata)
             if isinstance(value, Decimal):
                 values.append((e.timestamp_ms, s.seq, value))
@@ -378,7 +380,7 @@ def comparable(m: Meter, found: tuple[int, Decimal, int, int] | None) -> object:
     return found if found is None or m.aggregation == "last" else found[:2]
 
 
-numbers = st.one_of(
+numbers: st.SearchStrategy[MetadataValue | None] = st.one_of(
     st.none(),
     st.integers(-50, 50),
     st.decimals(min_value=-100, max_value=100, places=2, allow_nan=False, allow_infinity=False),
@@ -404,7 +406,7 @@ def usage_events(draw: st.DrawFn) -> UsageEvent:
 
 def batched(events: list[UsageEvent], cuts: list[int]) -> list[list[UsageEvent]]:
     bounds = sorted({0, len(events), *(c for c in cuts if c < len(events))})
-    return [events[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [events[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 PERIODS = [(-2 * BUCKET, 5 * BUCKET), (-1500, 2500), (0, BUCKET), (1200, 1300), (2999, 4001)]
@@ -592,13 +594,18 @@ async def test_using_a_closed_store_is_an_error(tmp_path: Path) -> None:
 # --------------------------------------------------------------------- keys
 
 
+def disk_bytes(directory: Path) -> bytes:
+    """Everything SQLite wrote: the database, its WAL and shared-memory files."""
+    return b"".join(p.read_bytes() for p in directory.iterdir())
+
+
 async def test_keys_are_stored_as_hashes_only(tmp_path: Path) -> None:
     secret = "sk_live_" + "q7" * 20
     key_hash = hashlib.sha256(secret.encode()).digest()
     store = await opened(tmp_path / "k.db")
     await store.add_key("c1", "k1", key_hash, secret[:8], now_ms=5)
     await store.close()
-    on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    on_disk = disk_bytes(tmp_path)
     assert key_hash in on_disk
     assert secret.encode() not in on_disk
     assert secret[:12].encode() not in on_disk

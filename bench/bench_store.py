@@ -1,0 +1,116 @@
+"""Benchmark of the SQLite event store (a script, not a test).
+
+Prints:
+- append throughput: events/s for 1,000-event batches of proxy-like events (two meters
+  match each event) into a fresh file, synchronous=FULL as in production;
+- read latency: `meter_aggregate` for one customer over a calendar month once the month
+  holds 1M events across 1,000 customers, for a bucket-aligned period (aggregates only)
+  and an unaligned one (partial buckets at both edges read from raw events).
+
+Run: .venv/bin/python bench/bench_store.py [--events 1000000] [--customers 1000]
+     [--timezone UTC]   (a non-UTC zone gives 15-minute buckets: 4x the aggregate rows)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from billing.cycles import Cycle, bucket_ms
+from billing.events import UsageEvent, new_proxy_event_id
+from billing.meters import Meter
+from billing.store.sqlite import SqliteStore
+
+BATCH = 1_000
+MONTH_START = int(datetime(2025, 3, 1, tzinfo=UTC).timestamp() * 1000)
+MONTH_END = int(datetime(2025, 4, 1, tzinfo=UTC).timestamp() * 1000)
+ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/images/generations", "/v1/models")
+
+# Two meters read every api.call event, as api_calls and egress_bytes do in the reference.
+METERS = (
+    Meter(name="api_calls", event_name="api.call", aggregation="count", key=None,
+          filter=None, measurement_unit="calls"),
+    Meter(name="egress_bytes", event_name="api.call", aggregation="sum", key="bytes",
+          filter=None, measurement_unit="bytes"),
+)
+
+
+def batches(total: int, customers: int, rng: random.Random) -> list[list[UsageEvent]]:
+    """Events spread evenly over the month, in time order, as a proxy would emit them."""
+    step = (MONTH_END - MONTH_START) / total
+    events = [
+        UsageEvent(
+            new_proxy_event_id(),
+            f"cus_{rng.randrange(customers):05d}",
+            "api.call",
+            MONTH_START + int(i * step),
+            {"method": "POST", "endpoint": rng.choice(ENDPOINTS), "status": 200,
+             "response_time_ms": rng.randrange(5, 3000), "bytes": rng.randrange(200, 90_000)},
+            "proxy",
+        )
+        for i in range(total)
+    ]
+    return [events[i:i + BATCH] for i in range(0, total, BATCH)]
+
+
+async def append_all(store: SqliteStore, work: list[list[UsageEvent]]) -> float:
+    """Seconds to append every batch, one transaction each."""
+    started = time.perf_counter()
+    for batch in work:
+        await store.append(batch, batch[-1].timestamp_ms)
+    return time.perf_counter() - started
+
+
+async def latencies_ms(
+    store: SqliteStore, customers: int, start: int, end: int, rng: random.Random
+) -> list[float]:
+    found = []
+    for _ in range(500):
+        customer = f"cus_{rng.randrange(customers):05d}"
+        started = time.perf_counter()
+        await store.meter_aggregate("egress_bytes", customer, start, end)
+        found.append((time.perf_counter() - started) * 1000)
+    return found
+
+
+def summary(values: list[float]) -> str:
+    cuts = statistics.quantiles(values, n=100)
+    return f"median {statistics.median(values):.2f} ms, p99 {cuts[98]:.2f} ms"
+
+
+async def main(events: int, customers: int, tz: ZoneInfo) -> None:
+    rng = random.Random(7)
+    size = bucket_ms([Cycle(calendar="monthly")], tz)
+    work = batches(events, customers, rng)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteStore(str(Path(tmp) / "bench.db"), METERS, size)
+        await store.open()
+        try:
+            seconds = await append_all(store, work)
+            print(f"append: {events:,} events in {len(work):,} batches of {BATCH:,}: "
+                  f"{events / seconds:,.0f} events/s")
+            print(f"meter_aggregate, one customer, one month ({size // 60_000}-minute buckets):")
+            aligned = await latencies_ms(store, customers, MONTH_START, MONTH_END, rng)
+            print(f"  aligned period:   {summary(aligned)}")
+            unaligned = await latencies_ms(
+                store, customers, MONTH_START + 37 * 60_000, MONTH_END - 13 * 60_000, rng
+            )
+            print(f"  unaligned period: {summary(unaligned)}")
+        finally:
+            await store.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--customers", type=int, default=1_000)
+    parser.add_argument("--timezone", default="UTC")
+    args = parser.parse_args()
+    asyncio.run(main(args.events, args.customers, ZoneInfo(args.timezone)))
