@@ -102,10 +102,12 @@ async def test_submits_are_group_committed(store: SqliteStore) -> None:
     flaky = FlakyStore(store)
     writer = EventWriter(flaky, LONG_MS, max_batch=1000)
     async with running(writer):
-        for i in range(1250):
+        writer.submit([event("a"), event("b", name="api.call")])
+        await asyncio.sleep(0.01)  # the loop now waits for the interval: a full batch must wake it
+        for i in range(1249):
             writer.submit([event(f"a{i}"), event(f"b{i}", name="api.call")])
         assert writer.pending == 2500
-        await until(lambda: writer.pending == 500)
+        await asyncio.wait_for(until(lambda: writer.pending == 500), 5)
         assert flaky.batches == [1000, 1000]
         assert await writer.close(timeout=5) == 0
     assert flaky.batches == [1000, 1000, 500]
