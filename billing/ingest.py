@@ -70,11 +70,12 @@ def decode_json(body: bytes) -> Any:
 def parse_batch(payload: Any, now_ms: int, window: IngestWindow) -> list[UsageEvent]:
     """Validate a decoded request body; raise InvalidBatch naming every problem."""
     if not isinstance(payload, dict) or not isinstance(payload.get("events"), list):
-        raise InvalidBatch([Issue(None, "events", "the body must be {\"events\": [...]}")])
+        raise InvalidBatch([Issue(None, "events", 'the body must be {"events": [...]}')])
     items = payload["events"]
     if not 1 <= len(items) <= MAX_EVENTS:
-        raise InvalidBatch([Issue(None, "events", f"expected 1 to {MAX_EVENTS} events, "
-                                                  f"got {len(items)}")])
+        raise InvalidBatch(
+            [Issue(None, "events", f"expected 1 to {MAX_EVENTS} events, got {len(items)}")]
+        )
     issues: list[Issue] = []
     events = []
     seen: dict[str, int] = {}
@@ -136,8 +137,11 @@ def _timestamp(value: Any, now_ms: int, window: IngestWindow, bad: Any) -> int |
         bad("timestamp", f"{value!r} is not an ISO-8601 date-time")
         return None
     if not now_ms - window.past_ms <= ms <= now_ms + window.future_ms:
-        bad("timestamp", f"{value!r} is outside the ingest window "
-                         f"({window.past_ms // 1000}s past, {window.future_ms // 1000}s future)")
+        bad(
+            "timestamp",
+            f"{value!r} is outside the ingest window "
+            f"({window.past_ms // 1000}s past, {window.future_ms // 1000}s future)",
+        )
         return None
     return ms
 

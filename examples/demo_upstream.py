@@ -46,8 +46,11 @@ async def generate(request: web.Request) -> web.Response:
 def _usage(messages: list[Any]) -> dict[str, int]:
     prompt = sum(len(str(m.get("content", "")).split()) for m in messages if isinstance(m, dict))
     completion = random.randint(10, 40)
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -56,21 +59,39 @@ async def chat(request: web.Request) -> web.StreamResponse:
     usage = _usage(body.get("messages", []))
     model = body.get("model", "demo-chat")
     if not body.get("stream"):
-        return web.json_response({
-            "id": "chatcmpl-demo", "object": "chat.completion", "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi there!"},
-                         "finish_reason": "stop"}],
-            "usage": usage,
-        })
+        return web.json_response(
+            {
+                "id": "chatcmpl-demo",
+                "object": "chat.completion",
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "Hi there!"},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": usage,
+            }
+        )
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     for word in ["Hi", " there", "!"]:
-        chunk = {"id": "chatcmpl-demo", "object": "chat.completion.chunk", "model": model,
-                 "choices": [{"index": 0, "delta": {"content": word}}]}
+        chunk = {
+            "id": "chatcmpl-demo",
+            "object": "chat.completion.chunk",
+            "model": model,
+            "choices": [{"index": 0, "delta": {"content": word}}],
+        }
         await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
         await asyncio.sleep(0.05)
-    final = {"id": "chatcmpl-demo", "object": "chat.completion.chunk", "model": model,
-             "choices": [], "usage": usage}
+    final = {
+        "id": "chatcmpl-demo",
+        "object": "chat.completion.chunk",
+        "model": model,
+        "choices": [],
+        "usage": usage,
+    }
     await response.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
     await response.write_eof()
     return response
@@ -79,8 +100,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
 async def images(request: web.Request) -> web.Response:
     body = await request.json()
     n = int(body.get("n", 1))
-    return web.json_response({"data": [{"url": f"https://example.invalid/{i}.png"}
-                                       for i in range(n)]})
+    return web.json_response(
+        {"data": [{"url": f"https://example.invalid/{i}.png"} for i in range(n)]}
+    )
 
 
 async def ticker(request: web.Request) -> web.StreamResponse:

@@ -34,7 +34,9 @@ def _wait_for(url: str, seconds: float = 20) -> None:
 
 def _new_key(customer: str) -> str:
     request = urllib.request.Request(
-        f"{ADMIN}/v1/customers/{customer}/keys", data=b"{}", method="POST",
+        f"{ADMIN}/v1/customers/{customer}/keys",
+        data=b"{}",
+        method="POST",
         headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=5) as response:
@@ -48,16 +50,19 @@ meterproxy is running: proxy http://127.0.0.1:8080, admin {ADMIN}. Try:
 
   curl -s http://127.0.0.1:8080/v1/hello -H 'Authorization: Bearer {key}'
   curl -s http://127.0.0.1:8080/v1/items -H 'X-Customer-Id: globex'
-  curl -s http://127.0.0.1:8080/v1/generate -H 'X-Customer-Id: globex' -d '{{"prompt": "hi there"}}' -i
+  curl -si http://127.0.0.1:8080/v1/generate -H 'X-Customer-Id: globex' \\
+       -d '{{"prompt": "hi there"}}'
   curl -s http://127.0.0.1:8080/v1/chat/completions -H 'X-Customer-Id: acme' \\
-       -d '{{"model": "demo-chat", "messages": [{{"role": "user", "content": "hello"}}], "stream": true}}'
+       -d '{{"model": "demo-chat", "stream": true,
+            "messages": [{{"role": "user", "content": "hello"}}]}}'
   curl -sN http://127.0.0.1:8080/v1/stream?count=5 -H 'X-Customer-Id: acme'
   curl -s http://127.0.0.1:8080/v1/hello            # no customer: 401
 
 Events and metrics:
   curl -s '{ADMIN}/events?customer_id=acme' {auth}
   curl -s {ADMIN}/events/ingest {auth} -H 'Content-Type: application/json' \\
-       -d '{{"events": [{{"event_id": "seats-1", "customer_id": "acme", "event_name": "seats.reported", "metadata": {{"seats": 7}}}}]}}'
+       -d '{{"events": [{{"event_id": "seats-1", "customer_id": "acme",
+                         "event_name": "seats.reported", "metadata": {{"seats": 7}}}}]}}'
   curl -s {ADMIN}/v1/customers {auth}
   curl -s {ADMIN}/metrics | grep ^meterproxy_
 

@@ -86,13 +86,20 @@ class MeterProxy:
         self._session = _upstream_session(self.config)
         self.forwarder = Forwarder(self._proxy_state(self.config))
         proxy = self.config.proxy
-        await self._listen("proxy", _proxy_runner(self.forwarder, proxy.shutdown_timeout_s,
-                                                  proxy.access_log), proxy.listen)
-        await self._listen("admin", web.AppRunner(build_admin_app(self), access_log=None),
-                           self.config.admin.listen)
+        await self._listen(
+            "proxy",
+            _proxy_runner(self.forwarder, proxy.shutdown_timeout_s, proxy.access_log),
+            proxy.listen,
+        )
+        await self._listen(
+            "admin", web.AppRunner(build_admin_app(self), access_log=None), self.config.admin.listen
+        )
         if self.config.metrics.listen is not None:
-            await self._listen("metrics", web.AppRunner(build_metrics_app(self), access_log=None),
-                               self.config.metrics.listen)
+            await self._listen(
+                "metrics",
+                web.AppRunner(build_metrics_app(self), access_log=None),
+                self.config.metrics.listen,
+            )
         self.ready = True
 
     def _proxy_state(self, config: Config) -> ProxyState:
@@ -131,7 +138,8 @@ class MeterProxy:
         """
         old = self.config
         fixed = [
-            name for name, changed in (
+            name
+            for name, changed in (
                 ("proxy.listen", old.proxy.listen != new.proxy.listen),
                 ("proxy.upstream", old.proxy.upstream != new.proxy.upstream),
                 ("admin.listen", old.admin.listen != new.admin.listen),
@@ -140,16 +148,24 @@ class MeterProxy:
                 ("meters", _fingerprints(old) != _fingerprints(new)),
                 ("plans", old.plans != new.plans),
                 ("billing", old.billing != new.billing),
-            ) if changed
+            )
+            if changed
         ]
         if fixed:
             log.warning("reload: %s changed and will apply at the next restart", ", ".join(fixed))
         proxy = replace(new.proxy, listen=old.proxy.listen, upstream=old.proxy.upstream)
         admin = replace(new.admin, listen=old.admin.listen)
-        self.config = replace(old, proxy=proxy, admin=admin, customers=new.customers,
-                              rules=new.rules, warnings=new.warnings)
-        self.metrics.add_names(rule_names=new.rules.names,
-                               event_names={r.event_name for r in new.rules.rules})
+        self.config = replace(
+            old,
+            proxy=proxy,
+            admin=admin,
+            customers=new.customers,
+            rules=new.rules,
+            warnings=new.warnings,
+        )
+        self.metrics.add_names(
+            rule_names=new.rules.names, event_names={r.event_name for r in new.rules.rules}
+        )
         assert self.forwarder is not None
         self.forwarder.state = self._proxy_state(self.config)
         log.info("configuration reloaded from %s", new.filename)
@@ -216,7 +232,9 @@ def _upstream_session(config: Config) -> aiohttp.ClientSession:
     )
 
 
-def _proxy_runner(forwarder: Forwarder, shutdown_timeout: float, access_log: bool) -> web.ServerRunner:
+def _proxy_runner(
+    forwarder: Forwarder, shutdown_timeout: float, access_log: bool
+) -> web.ServerRunner:
     server = web.Server(
         forwarder,
         access_log=logging.getLogger("meterproxy.access") if access_log else None,

@@ -8,7 +8,8 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from billing.settings import ConfigError
 from proxy.config import Config, load_config
@@ -20,10 +21,15 @@ log = logging.getLogger("meterproxy")
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--log-format", choices=("text", "json"), default=None,
-                        help="log lines as text (default) or JSON")
-    parser = argparse.ArgumentParser(prog="meterproxy", parents=[common],
-                                     description="A metering sidecar reverse proxy.")
+    common.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="log lines as text (default) or JSON",
+    )
+    parser = argparse.ArgumentParser(
+        prog="meterproxy", parents=[common], description="A metering sidecar reverse proxy."
+    )
     parser.add_argument("--version", action="version", version=f"meterproxy {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
@@ -62,15 +68,12 @@ def _check(config: Config) -> int:
     return 0
 
 
-def _run(coro: object) -> int:
+def _run(coro: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
-
-        runner = uvloop.run
     except ImportError:  # uvloop is optional (not on every platform)
-        runner = asyncio.run
-    result: int = runner(coro)  # type: ignore[arg-type]
-    return result
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 async def _serve(config: Config) -> int:

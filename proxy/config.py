@@ -18,6 +18,7 @@ from yarl import URL
 from billing.meters import Meter, parse_meters
 from billing.plans import BillingSettings, Plan, parse_billing, parse_plans
 from billing.settings import ConfigError, Problem, Problems, Section
+from billing.writer import OnFull
 from proxy.yamlfile import line_for, parse_yaml
 from rules.identify import CustomersConfig
 from rules.load import parse_customers, parse_rules
@@ -105,7 +106,7 @@ class StorageSettings:
     path: str
     url: str
     flush_interval_ms: int
-    on_full: str  # reject | drop
+    on_full: OnFull
     max_pending: int
 
 

@@ -75,9 +75,7 @@ class Forwarder:
         timing = _Timing()
         raw_path = request.raw_path
         path, _, query = raw_path.partition("?")
-        x = Exchange(
-            request.method, path, normalize_path(path), query, request.headers, _now_ms()
-        )
+        x = Exchange(request.method, path, normalize_path(path), query, request.headers, _now_ms())
         try:
             return await self._handle(state, request, x, raw_path, timing)
         finally:
@@ -136,7 +134,9 @@ class Forwarder:
             state.metrics.count_proxy_error("store_unavailable")
             x.candidates = []
             return error_response(
-                503, "store_unavailable", "usage cannot be recorded right now; retry later",
+                503,
+                "store_unavailable",
+                "usage cannot be recorded right now; retry later",
                 headers={"Retry-After": "5"},
             )
         return None
@@ -184,8 +184,12 @@ class Forwarder:
     ) -> web.StreamResponse:
         try:
             return await relay_websocket(
-                request, x, state.session, URL(state.upstream_base + raw_path, encoded=True),
-                self._upstream_headers(state, request, x), state.settings.connect_timeout_s,
+                request,
+                x,
+                state.session,
+                URL(state.upstream_base + raw_path, encoded=True),
+                self._upstream_headers(state, request, x),
+                state.settings.connect_timeout_s,
             )
         except ProxyError as exc:
             return self._error(state, x, exc)
@@ -233,13 +237,15 @@ class Forwarder:
         except BodyTooLarge:
             raise
         except (aiohttp.ConnectionTimeoutError, aiohttp.SocketTimeoutError, TimeoutError) as exc:
-            raise UpstreamTimeout(f"the upstream did not answer in time ({exc.__class__.__name__})")
+            raise UpstreamTimeout(
+                f"the upstream did not answer in time ({exc.__class__.__name__})"
+            ) from exc
         except aiohttp.ClientError as exc:
             if isinstance(exc.__cause__, BodyTooLarge) or x.request_bytes > (
                 state.settings.max_request_body
             ):
                 raise BodyTooLarge(_too_large_message(state)) from exc
-            raise UpstreamUnreachable(f"the upstream could not be reached: {exc}") from exc
+            raise UpstreamUnreachable(f"the upstream could not be reached: {_short(exc)}") from exc
         finally:
             timing.waiting += time.perf_counter() - began
 
@@ -272,14 +278,18 @@ class Forwarder:
         self, state: ProxyState, x: Exchange, upstream: aiohttp.ClientResponse
     ) -> BodyTap | None:
         paths = state.rules.response_json
-        if paths is None or x.customer_id is None or not state.rules.needs_response_json(
-            x.candidates
+        if (
+            paths is None
+            or x.customer_id is None
+            or not state.rules.needs_response_json(x.candidates)
         ):
             return None
         headers = upstream.headers
         return paths.tap(headers.get("content-type"), headers.get("content-encoding"))
 
-    def _client_response(self, state: ProxyState, upstream: aiohttp.ClientResponse) -> RelayResponse:
+    def _client_response(
+        self, state: ProxyState, upstream: aiohttp.ClientResponse
+    ) -> RelayResponse:
         headers = client_response_headers(upstream.headers, state.settings.strip_response_headers)
         absent = tuple(h for h in ("Content-Type", "Server") if h not in upstream.headers)
         return RelayResponse(upstream.status, upstream.reason, headers, absent)
@@ -406,7 +416,9 @@ class Forwarder:
             metrics.count_request(rule.name, cls)
         if x.customer_id is None:
             return
-        events = state.rules.events(x, lambda rule, reason, key: _rule_error(state, rule, reason, key))
+        events = state.rules.events(
+            x, lambda rule, reason, key: _rule_error(state, rule, reason, key)
+        )
         state.writer.submit(events)
 
 
@@ -416,6 +428,12 @@ _SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Cont
 def _rule_error(state: ProxyState, rule: str, reason: str, key: str) -> None:
     state.metrics.count_rule_error(rule, reason)
     log.debug("rule %s: metadata %s: %s", rule, key, reason)
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    """An exception's text, cut: a malformed response can carry a megabyte of it."""
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _now_ms() -> int:
@@ -443,4 +461,3 @@ def _abort_client(request: web.BaseRequest) -> None:
     transport = request.transport
     if transport is not None:
         transport.close()
-

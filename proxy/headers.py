@@ -9,10 +9,19 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from rules.paths import HeaderGlob
 
 # Hop-by-hop: meaningful for one connection only, never forwarded.
-HOP_BY_HOP = frozenset({
-    "connection", "proxy-connection", "keep-alive", "te", "transfer-encoding",
-    "upgrade", "trailer", "proxy-authenticate", "proxy-authorization",
-})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "trailer",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
 FORWARDED = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")
 CUSTOMER_HEADER = "X-Meterproxy-Customer"
 

@@ -9,7 +9,9 @@ from datetime import UTC, datetime
 
 # LogRecord attributes that are not user-supplied context.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "taskName",
+    "message",
+    "asctime",
+    "taskName",
 }
 
 

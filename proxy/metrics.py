@@ -21,12 +21,35 @@ EVENT_OUTCOMES = ("stored", "duplicate", "rejected", "dropped")
 RULE_ERROR_REASONS = ("missing", "body_too_large", "not_json", "encoding", "error")
 SKIP_REASONS = ("missing", "not_numeric")
 PROXY_ERRORS = (
-    "bad_key", "unidentified", "body_too_large", "upstream_unreachable",
-    "upstream_timeout", "upstream_broken", "store_unavailable", "bad_request",
+    "bad_key",
+    "unidentified",
+    "body_too_large",
+    "upstream_unreachable",
+    "upstream_timeout",
+    "upstream_broken",
+    "store_unavailable",
+    "bad_request",
 )
 LATENCY_BUCKETS = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
 )
 
 
@@ -54,54 +77,79 @@ class Metrics:
         self.event_names = frozenset(self.event_names)
         self.meter_names = tuple(self.meter_names)
         self.requests = Counter(
-            "meterproxy_requests", "Proxied exchanges, once per matching rule",
-            ["rule", "status_class"], registry=r,
+            "meterproxy_requests",
+            "Proxied exchanges, once per matching rule",
+            ["rule", "status_class"],
+            registry=r,
         )
         self.request_duration = Histogram(
-            "meterproxy_request_duration_seconds", "Duration of proxied exchanges",
-            buckets=LATENCY_BUCKETS, registry=r,
+            "meterproxy_request_duration_seconds",
+            "Duration of proxied exchanges",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.overhead = Histogram(
             "meterproxy_overhead_seconds",
             "Time meterproxy adds to an exchange (total minus waiting on the upstream)",
-            buckets=LATENCY_BUCKETS, registry=r,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.events = Counter(
-            "meterproxy_events", "Usage events by name, source and outcome",
-            ["event_name", "source", "outcome"], registry=r,
+            "meterproxy_events",
+            "Usage events by name, source and outcome",
+            ["event_name", "source", "outcome"],
+            registry=r,
         )
         self.store_pending = Gauge(
-            "meterproxy_store_pending_events", "Events waiting to be written", registry=r,
+            "meterproxy_store_pending_events",
+            "Events waiting to be written",
+            registry=r,
         )
         self.store_flush = Histogram(
-            "meterproxy_store_flush_seconds", "Duration of one group commit",
-            buckets=LATENCY_BUCKETS, registry=r,
+            "meterproxy_store_flush_seconds",
+            "Duration of one group commit",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.store_flush_errors = Counter(
-            "meterproxy_store_flush_errors", "Group commits that failed (retried)", registry=r,
+            "meterproxy_store_flush_errors",
+            "Group commits that failed (retried)",
+            registry=r,
         )
         self.meter_skipped = Counter(
             "meterproxy_meter_skipped_events",
             "Events left out of a meter because the key was missing or not numeric",
-            ["meter", "reason"], registry=r,
+            ["meter", "reason"],
+            registry=r,
         )
         self.rule_errors = Counter(
-            "meterproxy_rule_errors", "Rule values that could not be read",
-            ["rule", "reason"], registry=r,
+            "meterproxy_rule_errors",
+            "Rule values that could not be read",
+            ["rule", "reason"],
+            registry=r,
         )
         self.unidentified = Counter(
-            "meterproxy_unidentified_requests", "Requests whose customer was not found",
+            "meterproxy_unidentified_requests",
+            "Requests whose customer was not found",
             registry=r,
         )
         self.proxy_errors = Counter(
-            "meterproxy_proxy_errors", "Responses meterproxy made itself, by reason",
-            ["reason"], registry=r,
+            "meterproxy_proxy_errors",
+            "Responses meterproxy made itself, by reason",
+            ["reason"],
+            registry=r,
         )
         self.statements = Counter(
-            "meterproxy_statements", "Statements written, by status", ["status"], registry=r,
+            "meterproxy_statements",
+            "Statements written, by status",
+            ["status"],
+            registry=r,
         )
         self.build_info = Gauge(
-            "meterproxy_build_info", "meterproxy version", ["version"], registry=r,
+            "meterproxy_build_info",
+            "meterproxy version",
+            ["version"],
+            registry=r,
         )
         self.build_info.labels(__version__).set(1)
         self._precreate()

@@ -18,10 +18,15 @@ from proxy.errors import UpstreamUnreachable
 from rules.exchange import Exchange
 
 # Handshake headers that the client side of aiohttp writes itself for the upstream hop.
-_HANDSHAKE = frozenset({
-    "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
-    "sec-websocket-protocol", "sec-websocket-accept",
-})
+_HANDSHAKE = frozenset(
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "sec-websocket-accept",
+    }
+)
 
 
 def is_websocket_upgrade(request: web.BaseRequest) -> bool:
@@ -35,7 +40,7 @@ async def relay_websocket(
     session: aiohttp.ClientSession,
     url: URL,
     headers: Any,
-    timeout: float,
+    close_timeout_s: float,
 ) -> web.StreamResponse:
     """Open the upstream socket first, then accept the client's; relay until one closes.
 
@@ -47,8 +52,12 @@ async def relay_websocket(
         headers.popall(name, None)
     try:
         upstream = await session.ws_connect(
-            url, headers=headers, protocols=protocols, autoclose=False, max_msg_size=0,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=timeout),
+            url,
+            headers=headers,
+            protocols=protocols,
+            autoclose=False,
+            max_msg_size=0,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=close_timeout_s),
         )
     except aiohttp.WSServerHandshakeError as exc:
         x.status = exc.status
@@ -57,10 +66,11 @@ async def relay_websocket(
         raise UpstreamUnreachable(f"the upstream WebSocket could not be opened: {exc}") from exc
     client = web.WebSocketResponse(
         protocols=(upstream.protocol,) if upstream.protocol else (),
-        autoclose=False, max_msg_size=0,
+        autoclose=False,
+        max_msg_size=0,
     )
     async with upstream:
-        await client.prepare(request)  # type: ignore[arg-type]
+        await client.prepare(request)
         x.status = 101
         await _pump_both(x, client, upstream)
     return client
@@ -72,34 +82,45 @@ def _protocols(request: web.BaseRequest) -> tuple[str, ...]:
 
 
 class _Flow:
-    """One direction of a socket: payload bytes relayed, and how it ended."""
+    """One direction of a socket: payload bytes relayed."""
 
-    __slots__ = ("clean", "sent")
+    __slots__ = ("sent",)
 
     def __init__(self) -> None:
         self.sent = 0
+
+
+class _Ending:
+    """How the socket ended: the first close frame wins; the other direction follows it."""
+
+    __slots__ = ("clean", "closing")
+
+    def __init__(self) -> None:
+        self.closing = False  # a close frame is being relayed
         self.clean = True
 
 
 async def _pump_both(
     x: Exchange, client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
 ) -> None:
-    up, down = _Flow(), _Flow()
+    up, down, ending = _Flow(), _Flow(), _Ending()
     # Both directions are owned by this task group and awaited; when one side ends
     # (its close already relayed to the other) the other direction is cancelled.
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(_pump(client, upstream, up)),
-                     group.create_task(_pump(upstream, client, down))]
+            tasks = [
+                group.create_task(_pump(client, upstream, up, ending)),
+                group.create_task(_pump(upstream, client, down, ending)),
+            ]
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in tasks:
                 task.cancel()
     finally:
         x.request_bytes, x.response_bytes = up.sent, down.sent
-        x.aborted = not (up.clean and down.clean)
+        x.aborted = not ending.clean
 
 
-async def _pump(source: Any, sink: Any, flow: _Flow) -> None:
+async def _pump(source: Any, sink: Any, flow: _Flow, ending: _Ending) -> None:
     """Relay messages until the source closes; close the sink with the same code."""
     while True:
         msg = await source.receive()
@@ -110,11 +131,14 @@ async def _pump(source: Any, sink: Any, flow: _Flow) -> None:
             flow.sent += len(msg.data)
             await sink.send_bytes(msg.data)
         elif msg.type == WSMsgType.CLOSE:
+            ending.closing = True
             code = msg.data if isinstance(msg.data, int) else WSCloseCode.OK
             await _close(source, sink, code, msg.extra or "")
             return
         elif msg.type in (WSMsgType.CLOSED, WSMsgType.CLOSING, WSMsgType.ERROR):
-            flow.clean = False
+            if ending.closing:  # the other direction is relaying a close frame
+                return
+            ending.clean = False  # a peer vanished without a close frame
             await _close(source, sink, WSCloseCode.GOING_AWAY, "")
             return
 

@@ -53,7 +53,9 @@ class CustomersConfig:
     @property
     def response_sources(self) -> tuple[SelectorSource, ...]:
         return tuple(
-            s for s in self.sources if isinstance(s, SelectorSource) and s.selector.phase != "request"
+            s
+            for s in self.sources
+            if isinstance(s, SelectorSource) and s.selector.phase != "request"
         )
 
     def is_public(self, norm_path: str) -> bool:

@@ -121,7 +121,9 @@ def parse_customers(root: Section) -> CustomersConfig:
     s = root.section("customers")
     unidentified = s.choice("unidentified", ("reject", "pass"), "reject")
     sources = tuple(
-        src for path, item in s.items("identify") if (src := _source(s, path, item)) is not None
+        src
+        for path, item in s.items("identify")
+        if (src := _source(s, path, item, unidentified)) is not None
     )
     public = tuple(
         glob
@@ -129,13 +131,10 @@ def parse_customers(root: Section) -> CustomersConfig:
         if (glob := _public_glob(s, i, pattern)) is not None
     )
     s.done()
-    config = CustomersConfig(sources, unidentified, public)
-    if config.response_sources and unidentified != "pass":
-        s.fail("identify", "response-time sources (response.*) need `unidentified: pass`")
-    return config
+    return CustomersConfig(sources, unidentified, public)
 
 
-def _source(s: Section, path: str, item: Any) -> Source | None:
+def _source(s: Section, path: str, item: Any, unidentified: str) -> Source | None:
     if isinstance(item, dict) and "api_key" in item:
         key = Section(item, path, s.problems, s.environ)
         spec = key.section("api_key")
@@ -149,8 +148,9 @@ def _source(s: Section, path: str, item: Any) -> Source | None:
         return None
     text = item.strip()
     if not (text.startswith("${") and text.endswith("}")) or text.count("${") != 1:
-        s.problems.add(path, f"expected one selector such as ${{request.header.x-customer-id}}, "
-                       f"got {item!r}")
+        s.problems.add(
+            path, f"expected one selector such as ${{request.header.x-customer-id}}, got {item!r}"
+        )
         return None
     try:
         selector = Selector.parse(text[2:-1].strip())
@@ -158,9 +158,12 @@ def _source(s: Section, path: str, item: Any) -> Source | None:
         s.problems.add(path, str(exc))
         return None
     if selector.source not in ("request.header", "request.query", "response.header"):
-        s.problems.add(path, "customer sources are request.header.*, request.query.* "
-                       "or response.header.*")
+        s.problems.add(
+            path, "customer sources are request.header.*, request.query.* or response.header.*"
+        )
         return None
+    if selector.phase != "request" and unidentified != "pass":
+        s.problems.add(path, "response-time sources (response.*) need `unidentified: pass`")
     return SelectorSource(selector)
 
 

@@ -40,7 +40,9 @@ class StatusMatch:
         try:
             low, high = int(low_text), int(high_text if dash else low_text)
         except ValueError:
-            raise ValueError(f"expected a status such as 2xx, 200-499, 201 or any, got {value!r}")
+            raise ValueError(
+                f"expected a status such as 2xx, 200-499, 201 or any, got {value!r}"
+            ) from None
         if not 100 <= low <= high <= 599:
             raise ValueError(f"status range {value!r} must lie within 100-599")
         return cls(((low, high),))

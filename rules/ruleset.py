@@ -86,7 +86,9 @@ class RuleSet:
         for rule, params in self.matched(x):
             metadata = _metadata(rule, x, params, on_error)
             events.append(
-                UsageEvent(new_id(), x.customer_id, rule.event_name, x.started_ms, metadata, "proxy")
+                UsageEvent(
+                    new_id(), x.customer_id, rule.event_name, x.started_ms, metadata, "proxy"
+                )
             )
         return events
 

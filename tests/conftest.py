@@ -126,8 +126,9 @@ class Running:
     async def events(self, **params: Any) -> list[dict[str, Any]]:
         await self.flush()
         params.setdefault("page_size", 100)
-        async with self.session.get(f"{self.admin_url}/events", params=params,
-                                    headers=AUTH) as response:
+        async with self.session.get(
+            f"{self.admin_url}/events", params=params, headers=AUTH
+        ) as response:
             assert response.status == 200, await response.text()
             body = await response.json()
         return list(body["items"])

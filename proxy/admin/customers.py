@@ -68,8 +68,12 @@ async def create_key(request: web.Request, mp: MeterProxy) -> web.Response:
     key = body.get("key")
     if key is None:
         key = "mpk_" + secrets.token_urlsafe(32)
-    elif not isinstance(key, str) or not MIN_IMPORTED_KEY_CHARS <= len(key) <= MAX_KEY_CHARS \
-            or not key.isprintable() or " " in key:
+    elif (
+        not isinstance(key, str)
+        or not MIN_IMPORTED_KEY_CHARS <= len(key) <= MAX_KEY_CHARS
+        or not key.isprintable()
+        or " " in key
+    ):
         raise bad_request(
             f"an imported key must be {MIN_IMPORTED_KEY_CHARS}-{MAX_KEY_CHARS} printable "
             "characters without spaces"

@@ -26,12 +26,16 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 INGEST = ("POST", "/events/ingest")
 
 _HTTP_CODES = {
-    404: "not_found", 405: "method_not_allowed", 413: "request_too_large",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
     415: "unsupported_media_type",
 }
 
 
-def _bind(mp: MeterProxy, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _bind(
+    mp: MeterProxy, handler: Handler
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def bound(request: web.Request) -> web.StreamResponse:
         return await handler(request, mp)
 
@@ -48,8 +52,10 @@ def _authorized(request: web.Request, mp: MeterProxy) -> bool:
     if hmac.compare_digest(given, admin.token.encode()):
         return True
     is_ingest = (request.method, request.path) == INGEST
-    return bool(admin.ingest_token) and is_ingest and hmac.compare_digest(
-        given, admin.ingest_token.encode()
+    return (
+        bool(admin.ingest_token)
+        and is_ingest
+        and hmac.compare_digest(given, admin.ingest_token.encode())
     )
 
 
@@ -74,7 +80,9 @@ def _middlewares(mp: MeterProxy) -> list[Any]:
     ) -> web.StreamResponse:
         if request.path not in PUBLIC_PATHS and not _authorized(request, mp):
             return error_response(
-                401, "unauthorized", "a valid bearer token is required",
+                401,
+                "unauthorized",
+                "a valid bearer token is required",
                 headers={"WWW-Authenticate": "Bearer"},
             )
         return await handler(request)

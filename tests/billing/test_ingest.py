@@ -35,12 +35,19 @@ def test_a_valid_event_gets_defaults() -> None:
 
 
 def test_numbers_stay_exact_and_types_are_kept() -> None:
-    payload = decode_json(b'{"events": [{"event_id": "e", "customer_id": "c", "event_name": "n",'
-                          b' "metadata": {"a": 0.1, "b": 12345678901234567890, "c": true,'
-                          b' "d": "x", "e": 1e3}}]}')
+    payload = decode_json(
+        b'{"events": [{"event_id": "e", "customer_id": "c", "event_name": "n",'
+        b' "metadata": {"a": 0.1, "b": 12345678901234567890, "c": true,'
+        b' "d": "x", "e": 1e3}}]}'
+    )
     [e] = parse_batch(payload, NOW, WINDOW)
-    assert e.metadata == {"a": Decimal("0.1"), "b": 12345678901234567890, "c": True, "d": "x",
-                          "e": Decimal("1E+3")}
+    assert e.metadata == {
+        "a": Decimal("0.1"),
+        "b": 12345678901234567890,
+        "c": True,
+        "d": "x",
+        "e": Decimal("1E+3"),
+    }
     assert isinstance(e.metadata["a"], Decimal)
 
 
@@ -90,14 +97,18 @@ def test_each_mistake_is_named(bad: dict[str, Any], field: str) -> None:
 
 
 def test_every_offending_index_is_named() -> None:
-    payload = {"events": [event(event_id="a", customer_id=""), event(event_id="b"),
-                          event(event_id="c", event_name="", timestamp="x")]}
+    payload = {
+        "events": [
+            event(event_id="a", customer_id=""),
+            event(event_id="b"),
+            event(event_id="c", event_name="", timestamp="x"),
+        ]
+    }
     assert issues_of(payload) == [(0, "customer_id"), (2, "event_name"), (2, "timestamp")]
 
 
 def test_duplicate_ids_inside_one_batch_are_rejected() -> None:
-    assert issues_of({"events": [event(), event(), event()]}) == [(1, "event_id"),
-                                                                  (2, "event_id")]
+    assert issues_of({"events": [event(), event(), event()]}) == [(1, "event_id"), (2, "event_id")]
 
 
 @pytest.mark.parametrize(
@@ -116,6 +127,9 @@ def test_invalid_json(body: bytes) -> None:
 def test_limits_are_inclusive() -> None:
     metadata = {("k" * 99 + str(i % 10))[:100]: "v" * 500 for i in range(10)}
     metadata.update({f"n{i}": i for i in range(40)})
-    [e] = parse_batch({"events": [event(event_id="x" * 256, customer_id="c" * 128,
-                                        metadata=metadata)]}, NOW, WINDOW)
+    [e] = parse_batch(
+        {"events": [event(event_id="x" * 256, customer_id="c" * 128, metadata=metadata)]},
+        NOW,
+        WINDOW,
+    )
     assert len(e.metadata) == 50

@@ -45,8 +45,10 @@ async def test_method_path_query_and_body_reach_the_upstream_unchanged(
     running = await start_proxy(url_of(server))
     body = b"" if method in ("GET", "OPTIONS") else b'{"hello": "world"}'
     async with running.session.request(
-        method, aiohttp.client.URL(running.proxy_url + raw_path, encoded=True),
-        data=body or None, headers=CUSTOMER,
+        method,
+        aiohttp.client.URL(running.proxy_url + raw_path, encoded=True),
+        data=body or None,
+        headers=CUSTOMER,
     ) as response:
         assert response.status == 200, await response.text()
     [seen] = up.seen
@@ -55,13 +57,21 @@ async def test_method_path_query_and_body_reach_the_upstream_unchanged(
     assert seen.body == body
 
 
-async def test_request_headers(upstream: tuple[Upstream, TestServer], start_proxy: StartProxy) -> None:
+async def test_request_headers(
+    upstream: tuple[Upstream, TestServer], start_proxy: StartProxy
+) -> None:
     up, server = upstream
     running = await start_proxy(url_of(server))
     headers = {
-        "X-Customer-Id": "acme", "X-Meterproxy-Customer": "mallory", "Connection": "X-Drop",
-        "X-Drop": "1", "Keep-Alive": "timeout=5", "TE": "trailers", "X-Keep": "kept",
-        "Accept-Encoding": "br", "Proxy-Authorization": "Basic eA==",
+        "X-Customer-Id": "acme",
+        "X-Meterproxy-Customer": "mallory",
+        "Connection": "X-Drop",
+        "X-Drop": "1",
+        "Keep-Alive": "timeout=5",
+        "TE": "trailers",
+        "X-Keep": "kept",
+        "Accept-Encoding": "br",
+        "Proxy-Authorization": "Basic eA==",
     }
     async with running.session.get(running.proxy_url + "/v1/echo", headers=headers) as r:
         assert r.status == 200
@@ -97,7 +107,9 @@ async def test_api_key_header_is_not_forwarded(
     assert seen["x-meterproxy-customer"] == ["globex"]
 
 
-async def test_response_headers(upstream: tuple[Upstream, TestServer], start_proxy: StartProxy) -> None:
+async def test_response_headers(
+    upstream: tuple[Upstream, TestServer], start_proxy: StartProxy
+) -> None:
     _, server = upstream
     running = await start_proxy(url_of(server), proxy_extra="strip_response_headers: [x-usage-*]")
     async with running.session.get(running.proxy_url + "/v1/headers", headers=CUSTOMER) as r:
@@ -109,11 +121,14 @@ async def test_response_headers(upstream: tuple[Upstream, TestServer], start_pro
         assert r.headers["Server"].startswith("Python")  # the upstream's own Server header
 
 
-async def test_redirects_pass_through(upstream: tuple[Upstream, TestServer], start_proxy: StartProxy) -> None:
+async def test_redirects_pass_through(
+    upstream: tuple[Upstream, TestServer], start_proxy: StartProxy
+) -> None:
     up, server = upstream
     running = await start_proxy(url_of(server))
-    async with running.session.get(running.proxy_url + "/v1/redirect", headers=CUSTOMER,
-                                   allow_redirects=False) as r:
+    async with running.session.get(
+        running.proxy_url + "/v1/redirect", headers=CUSTOMER, allow_redirects=False
+    ) as r:
         assert r.status == 302
         assert r.headers["Location"] == "/v1/elsewhere"
     assert len(up.seen) == 1
@@ -138,15 +153,28 @@ async def test_statuses_pass_through(
 ) -> None:
     _, server = upstream
     running = await start_proxy(url_of(server))
-    async with running.session.get(f"{server.make_url('')}v1/status/{status}".replace(
-            str(server.make_url("")), running.proxy_url + "/"), headers=CUSTOMER,
-            allow_redirects=False) as via_proxy:
-        proxied = (via_proxy.status, await via_proxy.read(), via_proxy.headers.get("ETag"),
-                   via_proxy.headers.get("Content-Length"))
-    async with running.session.get(f"{url_of(server)}/v1/status/{status}",
-                                   allow_redirects=False) as direct:
-        expected = (direct.status, await direct.read(), direct.headers.get("ETag"),
-                    direct.headers.get("Content-Length"))
+    async with running.session.get(
+        f"{server.make_url('')}v1/status/{status}".replace(
+            str(server.make_url("")), running.proxy_url + "/"
+        ),
+        headers=CUSTOMER,
+        allow_redirects=False,
+    ) as via_proxy:
+        proxied = (
+            via_proxy.status,
+            await via_proxy.read(),
+            via_proxy.headers.get("ETag"),
+            via_proxy.headers.get("Content-Length"),
+        )
+    async with running.session.get(
+        f"{url_of(server)}/v1/status/{status}", allow_redirects=False
+    ) as direct:
+        expected = (
+            direct.status,
+            await direct.read(),
+            direct.headers.get("ETag"),
+            direct.headers.get("Content-Length"),
+        )
     assert proxied == expected
 
 
@@ -171,7 +199,9 @@ async def test_unreachable_upstream_is_502(start_proxy: StartProxy, unused_tcp_p
     assert await running.events() == []  # meterproxy's own answers emit no events
 
 
-async def test_read_timeout_is_504(upstream: tuple[Upstream, TestServer], start_proxy: StartProxy) -> None:
+async def test_read_timeout_is_504(
+    upstream: tuple[Upstream, TestServer], start_proxy: StartProxy
+) -> None:
     _, server = upstream
     running = await start_proxy(url_of(server), proxy_extra="timeouts: {read: 200ms}")
     async with running.session.get(running.proxy_url + "/v1/slow?s=3", headers=CUSTOMER) as r:
@@ -184,8 +214,9 @@ async def test_declared_body_over_the_limit_is_413_before_the_upstream(
 ) -> None:
     up, server = upstream
     running = await start_proxy(url_of(server), proxy_extra="max_request_body: 1KB")
-    async with running.session.post(running.proxy_url + "/v1/sink", data=b"x" * 1001,
-                                    headers=CUSTOMER) as r:
+    async with running.session.post(
+        running.proxy_url + "/v1/sink", data=b"x" * 1001, headers=CUSTOMER
+    ) as r:
         assert r.status == 413
         assert (await r.json())["error"]["code"] == "request_too_large"
     assert up.seen == []
@@ -201,8 +232,9 @@ async def test_chunked_body_crossing_the_limit_is_413(
         for _ in range(20):
             yield b"y" * 10_000
 
-    async with running.session.post(running.proxy_url + "/v1/sink", data=chunks(),
-                                    headers=CUSTOMER) as r:
+    async with running.session.post(
+        running.proxy_url + "/v1/sink", data=chunks(), headers=CUSTOMER
+    ) as r:
         assert r.status == 413
 
 
@@ -215,12 +247,14 @@ async def test_unidentified_is_401_and_the_upstream_is_not_called(
         assert r.status == 401
         assert r.headers["WWW-Authenticate"] == "Bearer"
         assert (await r.json())["error"]["code"] == "unidentified"
-    async with running.session.get(running.proxy_url + "/v1/echo",
-                                   headers={"Authorization": "Bearer wrong-key"}) as r:
+    async with running.session.get(
+        running.proxy_url + "/v1/echo", headers={"Authorization": "Bearer wrong-key"}
+    ) as r:
         assert r.status == 401
         assert (await r.json())["error"]["code"] == "invalid_api_key"
-    async with running.session.get(running.proxy_url + "/v1/echo",
-                                   headers={"X-Customer-Id": "not valid!"}) as r:
+    async with running.session.get(
+        running.proxy_url + "/v1/echo", headers={"X-Customer-Id": "not valid!"}
+    ) as r:
         assert r.status == 401
     assert up.seen == []
     assert running.metric("meterproxy_unidentified_requests_total") == 2
@@ -245,16 +279,23 @@ async def test_events_are_emitted_per_matching_rule(
 ) -> None:
     _, server = upstream
     running = await start_proxy(url_of(server))
-    async with running.session.post(running.proxy_url + "/v1/echo/x?y=1", data=b"12345",
-                                    headers=CUSTOMER) as r:
+    async with running.session.post(
+        running.proxy_url + "/v1/echo/x?y=1", data=b"12345", headers=CUSTOMER
+    ) as r:
         body = await r.read()
     events = await running.events(customer_id="acme")
     by_name = {e["event_name"]: e for e in events}
     assert set(by_name) == {"api.call", "bandwidth"}
-    assert by_name["api.call"]["metadata"] == {"method": "POST", "endpoint": "/v1/echo/x",
-                                               "status": 200}
-    assert by_name["bandwidth"]["metadata"] == {"bytes": len(body), "request_bytes": 5,
-                                                "aborted": False}
+    assert by_name["api.call"]["metadata"] == {
+        "method": "POST",
+        "endpoint": "/v1/echo/x",
+        "status": 200,
+    }
+    assert by_name["bandwidth"]["metadata"] == {
+        "bytes": len(body),
+        "request_bytes": 5,
+        "aborted": False,
+    }
     for e in events:
         assert e["event_id"].startswith("mp_")
         assert e["customer_id"] == "acme"

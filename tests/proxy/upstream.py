@@ -53,10 +53,14 @@ class Upstream:
 
     async def echo(self, request: web.Request) -> web.Response:
         seen = await self._record(request)
-        return web.json_response({
-            "method": seen.method, "raw_path": seen.raw_path, "headers": seen.headers,
-            "body": seen.body.decode("latin-1"),
-        })
+        return web.json_response(
+            {
+                "method": seen.method,
+                "raw_path": seen.raw_path,
+                "headers": seen.headers,
+                "body": seen.body.decode("latin-1"),
+            }
+        )
 
     async def redirect(self, request: web.Request) -> web.Response:
         await self._record(request)
@@ -65,15 +69,23 @@ class Upstream:
     async def gzipped(self, request: web.Request) -> web.Response:
         await self._record(request)
         body = gzip.compress(json.dumps({"usage": {"tokens": 7}}).encode(), mtime=0)
-        return web.Response(body=body, headers={"Content-Encoding": "gzip",
-                                                "Content-Type": "application/json"})
+        return web.Response(
+            body=body, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        )
 
     async def headers(self, request: web.Request) -> web.Response:
         await self._record(request)
-        response = web.Response(text="ok", headers={
-            "X-Usage-Tokens": "12", "X-Usage-Model": "m", "X-Kept": "yes",
-            "Connection": "X-Hop", "X-Hop": "gone", "Keep-Alive": "timeout=5",
-        })
+        response = web.Response(
+            text="ok",
+            headers={
+                "X-Usage-Tokens": "12",
+                "X-Usage-Model": "m",
+                "X-Kept": "yes",
+                "Connection": "X-Hop",
+                "X-Hop": "gone",
+                "Keep-Alive": "timeout=5",
+            },
+        )
         return response
 
     async def status(self, request: web.Request) -> web.StreamResponse:
@@ -107,7 +119,7 @@ class Upstream:
         response.content_length = n
         await response.prepare(request)
         chunk = b"x" * 65536
-        sent = 0
+        sent = 0 if request.method != "HEAD" else n
         while sent < n:
             piece = chunk[: min(len(chunk), n - sent)]
             await response.write(piece)

@@ -50,27 +50,45 @@ def test_bad_status_specs(spec: Any) -> None:
         StatusMatch.parse(spec)
 
 
-def rule(name: str, path: str, methods: set[str] | None = None, status: Any = "2xx",
-         metadata: dict[str, Any] | None = None) -> Rule:
+def rule(
+    name: str,
+    path: str,
+    methods: set[str] | None = None,
+    status: Any = "2xx",
+    metadata: dict[str, Any] | None = None,
+) -> Rule:
     return Rule(
-        name, frozenset(methods) if methods else None, PathGlob.compile(path),
-        StatusMatch.parse(status), f"{name}.event",
+        name,
+        frozenset(methods) if methods else None,
+        PathGlob.compile(path),
+        StatusMatch.parse(status),
+        f"{name}.event",
         tuple((k, compile_template(v, {})) for k, v in (metadata or {}).items()),
     )
 
 
 def exchange(method: str = "GET", path: str = "/v1/models/gpt-4/chat") -> Exchange:
-    return Exchange(method, path, path, "", CIMultiDictProxy(CIMultiDict()), 5_000,
-                    customer_id="acme")
+    return Exchange(
+        method, path, path, "", CIMultiDictProxy(CIMultiDict()), 5_000, customer_id="acme"
+    )
 
 
-RULES = RuleSet((
-    rule("all", "/**", status="any", metadata={"b": "${response.bytes}"}),
-    rule("models", "/v1/models/{model}/chat", {"POST"},
-         metadata={"model": "${request.path_params.model}", "n": "${request.json.n:-1}",
-                   "tokens": "${response.json.usage.total}"}),
-    rule("v2", "/v2/**"),
-))
+RULES = RuleSet(
+    (
+        rule("all", "/**", status="any", metadata={"b": "${response.bytes}"}),
+        rule(
+            "models",
+            "/v1/models/{model}/chat",
+            {"POST"},
+            metadata={
+                "model": "${request.path_params.model}",
+                "n": "${request.json.n:-1}",
+                "tokens": "${response.json.usage.total}",
+            },
+        ),
+        rule("v2", "/v2/**"),
+    )
+)
 
 
 def test_candidates_match_method_and_path_with_captures() -> None:
@@ -111,8 +129,9 @@ def test_an_aborted_exchange_before_a_status_matches_only_any() -> None:
 
 
 def test_a_rule_that_raises_loses_one_key_and_the_exchange_goes_on() -> None:
-    broken = RuleSet((rule("r", "/**", metadata={"ok": "${request.method}",
-                                                  "bad": "${response.header.x}"}),))
+    broken = RuleSet(
+        (rule("r", "/**", metadata={"ok": "${request.method}", "bad": "${response.header.x}"}),)
+    )
     x = exchange()
     x.candidates = broken.candidates("GET", x.norm_path)
     x.status = 200
@@ -128,10 +147,13 @@ def test_a_rule_that_raises_loses_one_key_and_the_exchange_goes_on() -> None:
 KEY = "mpk_secret_value_1234567890"
 RING = KeyRing({hash_key(KEY): ("globex", "key_1")})
 CONFIG = CustomersConfig(
-    (ApiKeySource("authorization", "bearer"),
-     SelectorSource(Selector.parse("request.header.x-customer-id")),
-     SelectorSource(Selector.parse("request.query.customer"))),
-    "reject", (),
+    (
+        ApiKeySource("authorization", "bearer"),
+        SelectorSource(Selector.parse("request.header.x-customer-id")),
+        SelectorSource(Selector.parse("request.query.customer")),
+    ),
+    "reject",
+    (),
 )
 
 
@@ -145,11 +167,19 @@ def headers(**h: str) -> CIMultiDictProxy[str]:
         (headers(Authorization=f"Bearer {KEY}"), {}, True, (Verdict.FOUND, "globex")),
         (headers(Authorization=f"bearer  {KEY} "), {}, True, (Verdict.FOUND, "globex")),
         # a presented but unknown key never falls through to the header
-        (headers(Authorization="Bearer nope", X_Customer_Id="acme"), {}, True,
-         (Verdict.BAD_KEY, None)),
+        (
+            headers(Authorization="Bearer nope", X_Customer_Id="acme"),
+            {},
+            True,
+            (Verdict.BAD_KEY, None),
+        ),
         # another scheme is not a key: fall through
-        (headers(Authorization="Basic eDp5", X_Customer_Id="acme"), {}, True,
-         (Verdict.FOUND, "acme")),
+        (
+            headers(Authorization="Basic eDp5", X_Customer_Id="acme"),
+            {},
+            True,
+            (Verdict.FOUND, "acme"),
+        ),
         (headers(X_Customer_Id="acme"), {}, True, (Verdict.FOUND, "acme")),
         # identity headers count only from trusted peers
         (headers(X_Customer_Id="acme"), {}, False, (Verdict.UNKNOWN, None)),
@@ -157,14 +187,16 @@ def headers(**h: str) -> CIMultiDictProxy[str]:
         (headers(), {}, True, (Verdict.UNKNOWN, None)),
     ],
 )
-def test_identify_request(hdrs: Any, query: dict[str, str], trusted: bool,
-                          expected: tuple[Verdict, str | None]) -> None:
+def test_identify_request(
+    hdrs: Any, query: dict[str, str], trusted: bool, expected: tuple[Verdict, str | None]
+) -> None:
     assert identify_request(CONFIG, hdrs, query, trusted, RING) == expected
 
 
 def test_identify_response() -> None:
-    config = CustomersConfig((SelectorSource(Selector.parse("response.header.x-billing")),),
-                             "pass", ())
+    config = CustomersConfig(
+        (SelectorSource(Selector.parse("response.header.x-billing")),), "pass", ()
+    )
     assert identify_response(config, headers(X_Billing="acme")) == "acme"
     assert identify_response(config, headers(X_Billing="no way")) is None
     assert identify_response(config, None) is None
@@ -172,8 +204,17 @@ def test_identify_response() -> None:
 
 @pytest.mark.parametrize(
     ("value", "ok"),
-    [("acme", True), ("a.b_c:d@e-f", True), ("x" * 128, True), ("x" * 129, False), ("", False),
-     ("a b", False), ("ü", False), (5, False), (None, False)],
+    [
+        ("acme", True),
+        ("a.b_c:d@e-f", True),
+        ("x" * 128, True),
+        ("x" * 129, False),
+        ("", False),
+        ("a b", False),
+        ("ü", False),
+        (5, False),
+        (None, False),
+    ],
 )
 def test_customer_ids(value: Any, ok: bool) -> None:
     assert valid_customer_id(value) is ok

@@ -18,9 +18,13 @@ from rules.template import compile_template
 def exchange(**fields: Any) -> Exchange:
     headers = CIMultiDictProxy(CIMultiDict(fields.pop("headers", {})))
     x = Exchange(
-        method=fields.pop("method", "POST"), path=fields.pop("path", "/v1/chat"),
-        norm_path="/v1/chat", query_string=fields.pop("query", "a=1&a=2&b=%20x"),
-        request_headers=headers, started_ms=1_000, customer_id="acme",
+        method=fields.pop("method", "POST"),
+        path=fields.pop("path", "/v1/chat"),
+        norm_path="/v1/chat",
+        query_string=fields.pop("query", "a=1&a=2&b=%20x"),
+        request_headers=headers,
+        started_ms=1_000,
+        customer_id="acme",
     )
     response_headers = fields.pop("response_headers", None)
     if response_headers is not None:
@@ -102,8 +106,14 @@ def test_a_missing_part_of_a_mixed_template_fails_the_whole_value() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["${request.nope}", "${response.header}", "${request.method", "a ${b ${c}", "${}",
-     "${request.json}"],
+    [
+        "${request.nope}",
+        "${response.header}",
+        "${request.method",
+        "a ${b ${c}",
+        "${}",
+        "${request.json}",
+    ],
 )
 def test_bad_templates_are_load_errors(text: str) -> None:
     with pytest.raises(ValueError):
@@ -116,8 +126,9 @@ def test_a_missing_environment_variable_is_named() -> None:
 
 
 def test_header_selectors_are_case_insensitive() -> None:
-    assert Selector.parse("request.header.X-Customer-Id") == Selector("request.header",
-                                                                      "x-customer-id")
+    assert Selector.parse("request.header.X-Customer-Id") == Selector(
+        "request.header", "x-customer-id"
+    )
 
 
 def test_nothing_is_not_a_value() -> None:

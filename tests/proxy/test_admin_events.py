@@ -1,0 +1,214 @@
+"""Event ingestion and reading through the admin API, including the official Dodo SDK."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from dodopayments import AsyncDodoPayments
+
+from billing.events import format_timestamp, now_ms
+from tests.conftest import ADMIN_TOKEN, AUTH, Running, StartProxy
+
+
+@pytest.fixture
+async def running(start_proxy: StartProxy, unused_tcp_port: int) -> Running:
+    return await start_proxy(f"http://127.0.0.1:{unused_tcp_port}")
+
+
+async def ingest(
+    running: Running, events: list[dict[str, Any]], token: str = ADMIN_TOKEN
+) -> tuple[int, Any]:
+    async with running.session.post(
+        f"{running.admin_url}/events/ingest",
+        json={"events": events},
+        headers={"Authorization": f"Bearer {token}"},
+    ) as r:
+        return r.status, await r.json()
+
+
+async def test_the_official_sdk_ingests_and_reads_back(running: Running) -> None:
+    client = AsyncDodoPayments(bearer_token=ADMIN_TOKEN, base_url=running.admin_url, max_retries=0)
+    stamp = format_timestamp(now_ms() - 60_000)
+    result = await client.usage_events.ingest(
+        events=[
+            {
+                "event_id": "sdk-1",
+                "customer_id": "acme",
+                "event_name": "api.call",
+                "timestamp": stamp,
+                "metadata": {"endpoint": "/v1/x", "tokens": 12, "ok": True},
+            },
+            {"event_id": "sdk-2", "customer_id": "acme", "event_name": "api.call"},
+        ]
+    )
+    assert result.ingested_count == 2
+    again = await client.usage_events.ingest(
+        events=[{"event_id": "sdk-1", "customer_id": "acme", "event_name": "other"}]
+    )
+    assert again.ingested_count == 0  # seen before: accepted, not counted, first one wins
+    event = await client.usage_events.retrieve("sdk-1")
+    assert event.event_name == "api.call"
+    assert event.business_id == "meterproxy"
+    assert event.metadata == {"endpoint": "/v1/x", "tokens": 12, "ok": True}
+    assert format_timestamp(int(event.timestamp.timestamp() * 1000)) == stamp
+    page = await client.usage_events.list(customer_id="acme", page_size=10)
+    assert [e.event_id for e in page.items] == ["sdk-2", "sdk-1"]  # newest first
+    await client.close()
+
+
+async def test_numbers_read_back_exactly(running: Running) -> None:
+    body = (
+        b'{"events": [{"event_id": "n1", "customer_id": "acme", "event_name": "x",'
+        b' "metadata": {"a": 0.1, "b": 1e3, "c": 12345678901234567890.000001}}]}'
+    )
+    async with running.session.post(
+        f"{running.admin_url}/events/ingest", data=body, headers=AUTH
+    ) as r:
+        assert r.status == 200
+    async with running.session.get(f"{running.admin_url}/events/n1", headers=AUTH) as r:
+        text = await r.text()
+    assert '"metadata":{"a":0.1,"b":1E+3,"c":12345678901234567890.000001}' in text
+
+
+async def test_a_bad_batch_stores_nothing_and_names_every_problem(running: Running) -> None:
+    status, body = await ingest(
+        running,
+        [
+            {"event_id": "ok-1", "customer_id": "acme", "event_name": "x"},
+            {"event_id": "bad-1", "customer_id": "acme", "event_name": ""},
+            {
+                "event_id": "bad-2",
+                "customer_id": "a b",
+                "event_name": "x",
+                "metadata": {"nested": {"no": 1}},
+            },
+        ],
+    )
+    assert status == 400
+    assert body["error"]["code"] == "invalid_events"
+    details = [(d["index"], d["field"]) for d in body["error"]["details"]]
+    assert details == [(1, "event_name"), (2, "customer_id"), (2, "metadata.nested")]
+    assert await running.events() == []
+    assert (
+        running.metric(
+            "meterproxy_events_total", event_name="api.call", source="api", outcome="rejected"
+        )
+        == 0
+    )
+    assert (
+        running.metric(
+            "meterproxy_events_total", event_name="__other__", source="api", outcome="rejected"
+        )
+        == 3
+    )
+
+
+async def test_body_over_5mb_is_413(running: Running) -> None:
+    async with running.session.post(
+        f"{running.admin_url}/events/ingest", data=b" " * 5_000_001, headers=AUTH
+    ) as r:
+        assert r.status == 413
+        assert (await r.json())["error"]["code"] == "request_too_large"
+
+
+async def test_ingest_token_may_only_ingest(
+    start_proxy: StartProxy, unused_tcp_port: int, tmp_path: Any
+) -> None:
+    from proxy.config import load_config
+    from tests.conftest import write_config
+
+    path = write_config(tmp_path, f"http://127.0.0.1:{unused_tcp_port}")
+    path.write_text(
+        path.read_text().replace(
+            "  token: test-admin-token", "  token: test-admin-token\n  ingest_token: ingest-only"
+        )
+    )
+    running = await start_proxy("", config=load_config(path))
+    status, _ = await ingest(
+        running, [{"event_id": "i1", "customer_id": "c", "event_name": "x"}], token="ingest-only"
+    )
+    assert status == 200
+    async with running.session.get(
+        f"{running.admin_url}/events", headers={"Authorization": "Bearer ingest-only"}
+    ) as r:
+        assert r.status == 401
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/events/ingest"),
+        ("GET", "/events"),
+        ("GET", "/events/x"),
+        ("GET", "/v1/meters"),
+        ("GET", "/v1/customers"),
+        ("GET", "/v1/customers/acme"),
+        ("PUT", "/v1/customers/acme"),
+        ("POST", "/v1/customers/acme/keys"),
+        ("GET", "/v1/customers/acme/keys"),
+        ("DELETE", "/v1/customers/acme/keys/k"),
+    ],
+)
+@pytest.mark.parametrize("token", [None, "wrong", ADMIN_TOKEN + "x"])
+async def test_routes_refuse_missing_or_wrong_tokens(
+    running: Running, method: str, path: str, token: str | None
+) -> None:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with running.session.request(method, running.admin_url + path, headers=headers) as r:
+        assert r.status == 401
+        assert r.headers["WWW-Authenticate"] == "Bearer"
+        assert (await r.json())["error"]["code"] == "unauthorized"
+
+
+async def test_health_and_metrics_need_no_token(running: Running) -> None:
+    for path in ("/healthz", "/readyz"):
+        async with running.session.get(running.admin_url + path) as r:
+            assert r.status == 200
+    async with running.session.get(
+        running.admin_url + "/metrics", headers={"Accept-Encoding": "identity"}
+    ) as r:
+        text = await r.text()
+    assert "meterproxy_build_info{" in text
+
+
+async def test_errors_are_json(running: Running) -> None:
+    async with running.session.get(running.admin_url + "/nope", headers=AUTH) as r:
+        assert r.status == 404
+        assert (await r.json())["error"]["code"] == "not_found"
+    async with running.session.patch(running.admin_url + "/v1/meters", headers=AUTH) as r:
+        assert r.status == 405
+        assert (await r.json())["error"]["code"] == "method_not_allowed"
+    async with running.session.get(running.admin_url + "/events?page_size=500", headers=AUTH) as r:
+        assert r.status == 400
+        assert (await r.json())["error"]["code"] == "invalid_request"
+
+
+async def test_listing_filters(running: Running) -> None:
+    now = now_ms()
+    events = [
+        {
+            "event_id": f"e{i}",
+            "customer_id": "acme" if i % 2 else "globex",
+            "event_name": "api.call" if i % 3 else "bandwidth",
+            "timestamp": format_timestamp(now - 60_000 + i * 1000),
+            "metadata": {"bytes": i},
+        }
+        for i in range(12)
+    ]
+    assert (await ingest(running, events))[0] == 200
+    got = await running.events(customer_id="acme", event_name="api.call")
+    assert [e["event_id"] for e in got] == ["e11", "e7", "e5", "e1"]
+    got = await running.events(meter_id="egress_bytes")
+    assert [e["event_id"] for e in got] == ["e9", "e6", "e3", "e0"]
+    got = await running.events(start=format_timestamp(now - 60_000 + 10_000))
+    assert [e["event_id"] for e in got] == ["e11", "e10"]
+    got = await running.events(page_size=5, page_number=2)
+    assert [e["event_id"] for e in got] == ["e1", "e0"]
+
+
+async def test_concurrent_ingests_of_one_id_store_it_once(running: Running) -> None:
+    batch = [{"event_id": "same", "customer_id": "acme", "event_name": "api.call"}]
+    results = await asyncio.gather(*(ingest(running, batch) for _ in range(10)))
+    assert sorted(body["ingested_count"] for _, body in results) == [0] * 9 + [1]
