@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--log-format",
         choices=("text", "json"),
-        default=None,
+        default=argparse.SUPPRESS,  # so a subcommand's absent option keeps the global one
         help="log lines as text (default) or JSON",
     )
     parser = argparse.ArgumentParser(
@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    setup_logging(args.log_format or "text")
+    setup_logging(getattr(args, "log_format", "text"))
     try:
         config = load_config(args.config)
     except ConfigError as exc:
