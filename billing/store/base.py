@@ -5,6 +5,10 @@ fleet mode implements the same protocol later and reuses the engine-neutral help
 the metadata codec, bucket arithmetic and `BatchFold`, which turns stored events into
 per-(meter, customer, bucket) aggregate deltas.
 
+Aggregates come in two sizes: buckets of `bucket_ms` (every period boundary falls on one)
+and rollups of `ROLLUP_BUCKETS` buckets, so that a month reads ~30 rollups and the buckets
+at its ends instead of ~720 buckets. Both are updated in the same transaction.
+
 Exceptions:
     StoreError      -- the store cannot do what was asked (disk full, read-only file, a newer
                        schema, ...); engines translate their driver errors into it.
@@ -21,7 +25,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from billing.events import Metadata, MetadataValue, StoredEvent, UsageEvent
-from billing.meters import Aggregate, Meter, Skip, fold
+from billing.meters import Aggregate, AggregationType, Meter, Skip, fold, merge
 
 
 class StoreError(Exception):
@@ -206,6 +210,9 @@ def decode_metadata(text: str) -> dict[str, MetadataValue]:
 
 # ------------------------------------------------------------------ aggregates
 
+ROLLUP_BUCKETS = 24  # buckets per rollup row: a day of hourly buckets
+AggregateKey = tuple[str, int, int]  # (customer_id, start_ms, size_ms) of a bucket or rollup
+
 
 def bucket_start(ts_ms: int, bucket_ms: int) -> int:
     """The start of the bucket holding ts_ms (buckets are aligned to the Unix epoch)."""
@@ -228,6 +235,45 @@ def split_period(start_ms: int, end_ms: int, bucket_ms: int) -> PeriodSplit:
         return PeriodSplit(None, ((start_ms, end_ms),) if start_ms < end_ms else ())
     edges = tuple((a, b) for a, b in ((start_ms, first), (last, end_ms)) if a < b)
     return PeriodSplit((first, last), edges)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPlan:
+    """Where each part of a period is read from: raw events at unaligned edges, buckets
+    within `buckets` but outside `rollups`, rollup rows within `rollups`."""
+
+    raw: tuple[tuple[int, int], ...]
+    buckets: tuple[int, int] | None
+    rollups: tuple[int, int] | None
+
+
+def plan_read(start_ms: int, end_ms: int, bucket_ms: int) -> ReadPlan:
+    """The cheapest way to read [start_ms, end_ms): rollups inside, buckets, then raw."""
+    outer = split_period(start_ms, end_ms, bucket_ms)
+    if outer.buckets is None:
+        return ReadPlan(outer.edges, None, None)
+    inner = split_period(*outer.buckets, bucket_ms * ROLLUP_BUCKETS)
+    return ReadPlan(outer.edges, outer.buckets, inner.buckets)
+
+
+def with_rollups(
+    kind: AggregationType, deltas: Mapping[tuple[str, int], Aggregate], bucket_ms: int
+) -> dict[AggregateKey, Aggregate]:
+    """Bucket deltas keyed (customer_id, bucket_start) as bucket and rollup row deltas."""
+    rollup_ms = bucket_ms * ROLLUP_BUCKETS
+    rows: dict[AggregateKey, Aggregate] = {}
+    for (customer_id, start), delta in deltas.items():
+        rows[(customer_id, start, bucket_ms)] = delta
+        key = (customer_id, bucket_start(start, rollup_ms), rollup_ms)
+        rows[key] = merged(kind, rows.get(key), delta)
+    return rows
+
+
+def merged(kind: AggregationType, acc: Aggregate | None, agg: Aggregate) -> Aggregate:
+    """merge() when one side is known to be present, typed as never None."""
+    result = merge(kind, acc, agg)
+    assert result is not None  # merging with a present aggregate yields one
+    return result
 
 
 class BatchFold:
@@ -255,7 +301,7 @@ class BatchFold:
             if isinstance(value, Skip):
                 self.skipped[(meter.name, value.reason)] += 1
                 continue
-            key = (customer_id, ts_ms - ts_ms % self.bucket_ms)
+            key = (customer_id, bucket_start(ts_ms, self.bucket_ms))
             per_meter = self.deltas.setdefault(meter.name, {})
             per_meter[key] = fold(meter.aggregation, per_meter.get(key), value, ts_ms, seq)
 

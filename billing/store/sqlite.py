@@ -29,18 +29,22 @@ from typing import Any, cast
 import aiosqlite
 
 from billing.events import Source, StoredEvent, UsageEvent, now_ms
-from billing.meters import Aggregate, AggregationType, Meter, merge
+from billing.meters import Aggregate, Meter, merge
 from billing.store.base import (
+    ROLLUP_BUCKETS,
     ApiKey,
     AppendResult,
     BatchFold,
     Customer,
     DuplicateKey,
+    ReadPlan,
     StoreError,
     decode_metadata,
     encode_metadata,
     fold_rows,
-    split_period,
+    merged,
+    plan_read,
+    with_rollups,
 )
 
 _log = logging.getLogger(__name__)
@@ -71,22 +75,29 @@ _CUSTOMER_COLUMNS = "id, created_at_ms, plan, deleted_at_ms"
 _AGGREGATE_COLUMNS = "count, value, last_ts_ms, last_seq"
 # CROSS JOIN pins the plan: one primary-key probe per touched key.
 _TOUCHED_AGGREGATES = """
-    SELECT a.customer_id, a.bucket_start_ms, a.count, a.value, a.last_ts_ms, a.last_seq
+    SELECT a.customer_id, a.bucket_start_ms, a.size_ms,
+           a.count, a.value, a.last_ts_ms, a.last_seq
     FROM json_each(?) AS k CROSS JOIN meter_aggregates AS a
-    ON a.meter = ? AND a.customer_id = k.value ->> 0 AND a.bucket_start_ms = k.value ->> 1"""
+    ON a.meter = ? AND a.customer_id = k.value ->> 0
+       AND a.bucket_start_ms = k.value ->> 1 AND a.size_ms = k.value ->> 2"""
 _UPSERT_AGGREGATE = """
-    INSERT INTO meter_aggregates (meter, customer_id, bucket_start_ms, count, value,
+    INSERT INTO meter_aggregates (meter, customer_id, bucket_start_ms, size_ms, count, value,
                                   last_ts_ms, last_seq)
-    VALUES (?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (meter, customer_id, bucket_start_ms) DO UPDATE SET
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (meter, customer_id, bucket_start_ms, size_ms) DO UPDATE SET
         count = excluded.count, value = excluded.value,
         last_ts_ms = excluded.last_ts_ms, last_seq = excluded.last_seq"""
-_CUSTOMER_BUCKETS = f"""
+# Rows of a ReadPlan: rollups within [rollup start, rollup end), buckets elsewhere in range.
+_PLANNED_ROWS = """
+    bucket_start_ms >= :start AND bucket_start_ms < :end AND size_ms =
+        CASE WHEN bucket_start_ms >= :rollup_start AND bucket_start_ms < :rollup_end
+             THEN :rollup_ms ELSE :bucket_ms END"""
+_CUSTOMER_AGGREGATES = f"""
     SELECT {_AGGREGATE_COLUMNS} FROM meter_aggregates
-    WHERE meter = ? AND customer_id = ? AND bucket_start_ms >= ? AND bucket_start_ms < ?"""
-_ALL_CUSTOMER_BUCKETS = f"""
+    WHERE meter = :meter AND customer_id = :customer_id AND {_PLANNED_ROWS}"""
+_ALL_CUSTOMER_AGGREGATES = f"""
     SELECT customer_id, {_AGGREGATE_COLUMNS} FROM meter_aggregates
-    WHERE meter = ? AND bucket_start_ms >= ? AND bucket_start_ms < ?"""
+    WHERE meter = :meter AND {_PLANNED_ROWS}"""
 _RAW_RANGE = """
     SELECT seq, timestamp_ms, metadata FROM events
     WHERE customer_id = ? AND event_name = ? AND timestamp_ms >= ? AND timestamp_ms < ?"""
@@ -235,19 +246,20 @@ class SqliteStore:
     async def meter_aggregate(
         self, meter_name: str, customer_id: str, start_ms: int, end_ms: int
     ) -> Aggregate | None:
-        """See `Store.meter_aggregate`: whole buckets from the aggregate table, the partial
-        buckets at unaligned edges from the raw events of that sub-range, one snapshot."""
+        """See `Store.meter_aggregate`: rollup and bucket rows from the aggregate table, the
+        partial buckets at unaligned edges from the raw events of that sub-range, all from
+        one snapshot."""
         meter = self._meter(meter_name)
-        split = split_period(start_ms, end_ms, self._bucket_ms)
+        plan = plan_read(start_ms, end_ms, self._bucket_ms)
         total: Aggregate | None = None
         async with self._snapshot() as conn:
-            if split.buckets is not None:
-                params = (meter.name, customer_id, *split.buckets)
-                for row in await conn.execute_fetchall(_CUSTOMER_BUCKETS, params):
+            if plan.buckets is not None:
+                named = self._plan_params(plan) | {"meter": meter.name, "customer_id": customer_id}
+                for row in await conn.execute_fetchall(_CUSTOMER_AGGREGATES, named):
                     total = merge(meter.aggregation, total, _aggregate(row))
-            for start, end in split.edges:
-                params = (customer_id, meter.event_name, start, end)
-                rows = await conn.execute_fetchall(_RAW_RANGE, params)
+            for start, end in plan.raw:
+                where = (customer_id, meter.event_name, start, end)
+                rows = await conn.execute_fetchall(_RAW_RANGE, where)
                 total = merge(meter.aggregation, total, fold_rows(meter, rows))
         return total
 
@@ -256,13 +268,23 @@ class SqliteStore:
     ) -> dict[str, Aggregate]:
         """See `Store.meter_quantities_by_customer`."""
         meter = self._meter(meter_name)
-        if start_ms % self._bucket_ms or end_ms % self._bucket_ms:
+        plan = plan_read(start_ms, end_ms, self._bucket_ms)
+        if plan.raw:
             raise ValueError(f"[{start_ms}, {end_ms}) is not aligned to {self._bucket_ms} ms")
-        rows = await self._read(_ALL_CUSTOMER_BUCKETS, (meter.name, start_ms, end_ms))
+        if plan.buckets is None:
+            return {}
+        params = self._plan_params(plan) | {"meter": meter.name}
         totals: dict[str, Aggregate] = {}
-        for row in rows:
-            totals[row[0]] = _merged(meter.aggregation, totals.get(row[0]), _aggregate(row[1:]))
+        for row in await self._read(_ALL_CUSTOMER_AGGREGATES, params):
+            totals[row[0]] = merged(meter.aggregation, totals.get(row[0]), _aggregate(row[1:]))
         return totals
+
+    def _plan_params(self, plan: ReadPlan) -> dict[str, int]:
+        assert plan.buckets is not None  # callers read raw events only otherwise
+        rollup_start, rollup_end = plan.rollups or (0, 0)
+        return {"start": plan.buckets[0], "end": plan.buckets[1], "bucket_ms": self._bucket_ms,
+                "rollup_start": rollup_start, "rollup_end": rollup_end,
+                "rollup_ms": self._bucket_ms * ROLLUP_BUCKETS}
 
     async def rebuild_aggregates(self, meters: Sequence[str] | None = None) -> None:
         """See `Store.rebuild_aggregates`: one transaction per meter, raw events read in
@@ -284,15 +306,21 @@ class SqliteStore:
                 await self._merge_deltas(conn, batch.deltas)
                 after = rows[-1][0]
             await conn.execute(
-                "INSERT OR REPLACE INTO meter_state VALUES (?, ?, ?, ?)",
-                (meter.name, meter.fingerprint(), self._bucket_ms, self._clock()),
+                "INSERT OR REPLACE INTO meter_state VALUES (?, ?, ?, ?, ?)",
+                (*self._built_with(meter), self._clock()),
             )
+
+    def _built_with(self, meter: Meter) -> tuple[str, str, int, int]:
+        """The meter_state row (less built_at) of aggregates built now."""
+        return (meter.name, meter.fingerprint(), self._bucket_ms,
+                self._bucket_ms * ROLLUP_BUCKETS)
 
     async def _sync_meters(self) -> None:
         """Rebuild the meters whose definition or bucket size changed since their aggregates
         were built (and new ones); forget the aggregates of meters no longer configured."""
-        built = {row[0]: (row[1], row[2]) for row in
-                 await self._read("SELECT meter, fingerprint, bucket_ms FROM meter_state")}
+        built = {row[0]: tuple(row) for row in await self._read(
+            "SELECT meter, fingerprint, bucket_ms, rollup_ms FROM meter_state"
+        )}
         gone = [name for name in built if name not in self._meters]
         if gone:
             async with self._transaction() as conn:
@@ -303,7 +331,7 @@ class SqliteStore:
             _log.info("dropped the aggregates of removed meters: %s", ", ".join(gone))
         for meter in self._meters.values():
             was = built.get(meter.name)
-            if was != (meter.fingerprint(), self._bucket_ms):
+            if was != self._built_with(meter):
                 reason = "new meter" if was is None else "definition or bucket size changed"
                 _log.info("rebuilding the aggregates of meter %s (%s)", meter.name, reason)
                 await self._rebuild(meter)
@@ -311,20 +339,21 @@ class SqliteStore:
     async def _merge_deltas(
         self, conn: aiosqlite.Connection, deltas: Mapping[str, Mapping[tuple[str, int], Aggregate]]
     ) -> None:
-        """Merge per-meter deltas into the aggregate rows: one read of the touched rows and
-        one executemany upsert per meter."""
-        for meter_name, per_key in deltas.items():
+        """Merge per-meter bucket deltas into the bucket and rollup rows: one read of the
+        touched rows and one executemany upsert per meter."""
+        for meter_name, per_bucket in deltas.items():
             kind = self._meters[meter_name].aggregation
-            keys = json.dumps([[customer_id, bucket] for customer_id, bucket in per_key])
+            per_key = with_rollups(kind, per_bucket, self._bucket_ms)
+            touched = json.dumps(list(per_key))
             existing = {
-                (row[0], row[1]): _aggregate(row[2:])
-                for row in await conn.execute_fetchall(_TOUCHED_AGGREGATES, (keys, meter_name))
+                (row[0], row[1], row[2]): _aggregate(row[3:])
+                for row in await conn.execute_fetchall(_TOUCHED_AGGREGATES, (touched, meter_name))
             }
             rows = []
-            for (customer_id, bucket), delta in per_key.items():
-                agg = _merged(kind, existing.get((customer_id, bucket)), delta)
-                rows.append((meter_name, customer_id, bucket, agg.count, str(agg.value),
-                             agg.last_ts, agg.last_seq))
+            for key, delta in per_key.items():
+                agg = merged(kind, existing.get(key), delta)
+                rows.append((meter_name, *key, agg.count, str(agg.value), agg.last_ts,
+                             agg.last_seq))
             await conn.executemany(_UPSERT_AGGREGATE, rows)
 
     def _meter(self, name: str) -> Meter:
@@ -511,12 +540,6 @@ async def _bump_key_version(conn: aiosqlite.Connection) -> None:
 def _aggregate(row: Sequence[Any]) -> Aggregate:
     """An Aggregate from (count, value, last_ts_ms, last_seq) columns."""
     return Aggregate(row[0], Decimal(row[1]), row[2], row[3])
-
-
-def _merged(kind: AggregationType, acc: Aggregate | None, agg: Aggregate) -> Aggregate:
-    merged = merge(kind, acc, agg)
-    assert merged is not None  # merging with a present aggregate yields one
-    return merged
 
 
 def _stored_event(row: Sequence[Any]) -> StoredEvent:

@@ -8,6 +8,7 @@ import itertools
 import logging
 import sqlite3
 import tempfile
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
 from importlib import resources
@@ -21,18 +22,22 @@ from hypothesis import strategies as st
 from billing.events import MetadataValue, Source, StoredEvent, UsageEvent
 from billing.meters import Aggregate, AggregationType, Meter, quantity
 from billing.store.base import (
+    ROLLUP_BUCKETS,
     ApiKey,
     Customer,
     DuplicateKey,
     PeriodSplit,
+    ReadPlan,
     StoreError,
     decode_metadata,
     encode_metadata,
+    plan_read,
     split_period,
 )
 from billing.store.sqlite import SqliteStore
 
 BUCKET = 1_000
+DAY = BUCKET * ROLLUP_BUCKETS  # one rollup row
 
 
 def event(
@@ -302,13 +307,31 @@ def test_split_period(start: int, end: int, expected: PeriodSplit) -> None:
     assert split_period(start, end, BUCKET) == expected
 
 
-EDGE_TIMESTAMPS = (-1, 0, 499, 500, 999, 1000, 1500, 1999, 2000, 2499, 2500, 2999, 3000)
+@pytest.mark.parametrize(
+    ("start", "end", "expected"),
+    [
+        (0, 3 * DAY, ReadPlan((), (0, 3 * DAY), (0, 3 * DAY))),
+        (500, 2 * DAY + 2500, ReadPlan(((500, 1000), (2 * DAY + 2000, 2 * DAY + 2500)),
+                                       (1000, 2 * DAY + 2000), (DAY, 2 * DAY))),
+        (1000, DAY + 1000, ReadPlan((), (1000, DAY + 1000), None)),
+        (500, 2500, ReadPlan(((500, 1000), (2000, 2500)), (1000, 2000), None)),
+        (200, 800, ReadPlan(((200, 800),), None, None)),
+        (-DAY, DAY - 1, ReadPlan(((DAY - 1000, DAY - 1),), (-DAY, DAY - 1000), (-DAY, 0))),
+    ],
+)
+def test_plan_read(start: int, end: int, expected: ReadPlan) -> None:
+    assert plan_read(start, end, BUCKET) == expected
+
+
+EDGE_TIMESTAMPS = (-1, 0, 499, 500, 999, 1000, 1500, 1999, 2000, 2499, 2500, 2999, 3000,
+                   DAY - 1, DAY, DAY + 1, 2 * DAY - 1, 2 * DAY, 2 * DAY + 500)
 
 
 @pytest.mark.parametrize(
     ("start", "end"),
     [(0, 3000), (500, 2500), (499, 2501), (1, 2999), (500, 1000), (1000, 2000), (1200, 1300),
-     (1500, 1500), (-1000, 4000), (2999, 3001), (2000, 1000)],
+     (1500, 1500), (-1000, 4000), (2999, 3001), (2000, 1000), (0, 2 * DAY), (0, 2 * DAY + 1000),
+     (1, 2 * DAY + 501), (DAY, 2 * DAY), (DAY - 1, 2 * DAY), (-DAY, 3 * DAY), (1000, 2 * DAY)],
 )
 async def test_a_period_reads_exactly_the_events_inside_it(
     store: SqliteStore, start: int, end: int
@@ -322,15 +345,43 @@ async def test_a_period_reads_exactly_the_events_inside_it(
     assert (agg is None) == (expected == 0)
 
 
-async def test_quantities_by_customer_read_whole_buckets(store: SqliteStore) -> None:
+SPREAD = [("c1", 100), ("c1", 1100), ("c2", 1900), ("c2", 2100), ("c1", DAY - 1),
+          ("c2", DAY + 1000), ("c1", 2 * DAY), ("c2", 3 * DAY - 1), ("c1", -5)]
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [(1000, 3000), (0, 2 * DAY), (1000, 2 * DAY + 1000), (-DAY, 3 * DAY), (DAY, DAY),
+     (5000, 6000), (DAY, 3 * DAY)],
+)
+async def test_quantities_by_customer_read_rollups_and_buckets(
+    store: SqliteStore, start: int, end: int
+) -> None:
     await store.append(
-        [event("a", "c1", ts=100, n=1), event("b", "c1", ts=1100, n=2),
-         event("c", "c2", ts=1900, n=4), event("d", "c2", ts=2100, n=8)],
-        now_ms=1,
+        [event(f"e{i}", customer, ts=ts, n=2**i) for i, (customer, ts) in enumerate(SPREAD)], 1
     )
-    found = await store.meter_quantities_by_customer("tokens_sum", 1000, 3000)
-    assert {c: quantity("sum", a) for c, a in found.items()} == {"c1": 2, "c2": 12}
-    assert await store.meter_quantities_by_customer("tokens_sum", 5000, 6000) == {}
+    expected: Counter[str] = Counter()
+    for i, (customer, ts) in enumerate(SPREAD):
+        if start <= ts < end:
+            expected[customer] += 2**i
+    found = await store.meter_quantities_by_customer("tokens_sum", start, end)
+    assert {c: quantity("sum", a) for c, a in found.items()} == expected
+
+
+async def test_whole_rollups_are_read_instead_of_their_buckets(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    await store.append([event(f"e{h}", ts=h * BUCKET + 7, n=1) for h in range(3 * 24)], 1)
+    with sqlite3.connect(tmp_path / "events.db") as conn:  # bucket rows of day 1 vanish
+        conn.execute("DELETE FROM meter_aggregates WHERE size_ms = ? AND bucket_start_ms"
+                      " BETWEEN ? AND ?", (BUCKET, DAY, 2 * DAY - 1))
+    agg = await store.meter_aggregate("tokens_sum", "c1", 1000, 3 * DAY - 1000)
+    assert quantity("sum", agg) == 3 * 24 - 2  # days 0 and 2 from buckets, day 1 a rollup
+    by_customer = await store.meter_quantities_by_customer("tokens_sum", 1000, 3 * DAY - 1000)
+    assert quantity("sum", by_customer["c1"]) == 3 * 24 - 2
+
+
+async def test_quantities_by_customer_need_aligned_bounds(store: SqliteStore) -> None:
     with pytest.raises(ValueError, match="aligned"):
         await store.meter_quantities_by_customer("tokens_sum", 1000, 2500)
     with pytest.raises(KeyError):
@@ -399,7 +450,7 @@ def usage_events(draw: st.DrawFn) -> UsageEvent:
         draw(st.sampled_from([f"e{i}" for i in range(15)])),
         draw(st.sampled_from(["c1", "c2"])),
         draw(st.sampled_from(["api.call", "tokens"])),
-        draw(st.integers(-2 * BUCKET, 4 * BUCKET)),
+        draw(st.integers(-DAY - 2 * BUCKET, 2 * DAY + 2 * BUCKET)),
         metadata,
     )
 
@@ -409,7 +460,8 @@ def batched(events: list[UsageEvent], cuts: list[int]) -> list[list[UsageEvent]]
     return [events[a:b] for a, b in itertools.pairwise(bounds)]
 
 
-PERIODS = [(-2 * BUCKET, 5 * BUCKET), (-1500, 2500), (0, BUCKET), (1200, 1300), (2999, 4001)]
+PERIODS = [(-2 * DAY, 3 * DAY), (-DAY, DAY), (-DAY - 1500, DAY + 2500), (0, BUCKET),
+           (1200, 1300), (DAY - 1, 2 * DAY + 1)]
 
 
 async def store_batches(path: Path, batches: list[list[UsageEvent]]) -> SqliteStore:
@@ -419,7 +471,9 @@ async def store_batches(path: Path, batches: list[list[UsageEvent]]) -> SqliteSt
     return store
 
 
-async def check_against_brute_force(workdir: Path, batches: list[list[UsageEvent]]) -> None:
+async def check_against_brute_force(
+    workdir: Path, batches: list[list[UsageEvent]], period: tuple[int, int]
+) -> None:
     flat = [e for batch in batches for e in batch]
     store = await store_batches(workdir / "batched.db", batches)
     one = await store_batches(workdir / "one.db", [flat])
@@ -429,7 +483,7 @@ async def check_against_brute_force(workdir: Path, batches: list[list[UsageEvent
         assert {s.event.event_id: s.event for s in stored} == first_versions
         for m in METERS:
             for customer in ("c1", "c2"):
-                for start, end in PERIODS:
+                for start, end in [*PERIODS, period]:
                     agg = await store.meter_aggregate(m.name, customer, start, end)
                     expected = brute_force(m, stored, customer, start, end)
                     assert comparable(m, observed(m, agg)) == comparable(m, expected)
@@ -445,12 +499,14 @@ async def check_against_brute_force(workdir: Path, batches: list[list[UsageEvent
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(events=st.lists(usage_events(), max_size=30), cuts=st.lists(st.integers(0, 30)))
+@given(events=st.lists(usage_events(), max_size=30), cuts=st.lists(st.integers(0, 30)),
+       period=st.tuples(st.integers(-DAY - 3000, 2 * DAY + 3000),
+                        st.integers(-DAY - 3000, 2 * DAY + 3000)))
 def test_aggregates_equal_a_brute_force_recomputation(
-    events: list[UsageEvent], cuts: list[int]
+    events: list[UsageEvent], cuts: list[int], period: tuple[int, int]
 ) -> None:
     with tempfile.TemporaryDirectory() as workdir:
-        asyncio.run(check_against_brute_force(Path(workdir), batched(events, cuts)))
+        asyncio.run(check_against_brute_force(Path(workdir), batched(events, cuts), period))
 
 
 async def quantities_in_order(path: Path, events: list[UsageEvent]) -> list[object]:
@@ -460,7 +516,7 @@ async def quantities_in_order(path: Path, events: list[UsageEvent]) -> list[obje
         for m in METERS:
             if m.aggregation != "last":
                 for customer in ("c1", "c2"):
-                    agg = await store.meter_aggregate(m.name, customer, -2 * BUCKET, 5 * BUCKET)
+                    agg = await store.meter_aggregate(m.name, customer, -2 * DAY, 3 * DAY)
                     found.append(comparable(m, observed(m, agg)))
         return found
     finally:
@@ -553,7 +609,9 @@ async def test_a_new_bucket_size_rebuilds_every_meter(tmp_path: Path) -> None:
     finally:
         await wider.close()
     assert set(rows(path, "SELECT bucket_ms FROM meter_state")) == {(2 * BUCKET,)}
-    assert set(rows(path, "SELECT bucket_start_ms FROM meter_aggregates")) == {(0,)}
+    assert set(rows(path, "SELECT bucket_start_ms, size_ms FROM meter_aggregates")) == {
+        (0, 2 * BUCKET), (0, 2 * DAY)
+    }
 
 
 # ------------------------------------------------------------------- reopen

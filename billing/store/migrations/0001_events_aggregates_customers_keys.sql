@@ -20,17 +20,20 @@ CREATE INDEX events_by_customer_name_time ON events (customer_id, event_name, ti
 -- The watermark (max ingested_at) and late-event reads after a cutoff.
 CREATE INDEX events_by_ingested_at ON events (ingested_at_ms);
 
--- One row per (meter, customer, bucket): the meter's fold over the events of that bucket.
--- value is Decimal text (exact); last_ts_ms/last_seq order `last` across buckets.
+-- One row per (meter, customer, span): the meter's fold over the events of that span.
+-- A span is a bucket (size_ms = the bucket size) or a rollup of several buckets; ordered by
+-- start, a rollup row sits beside its current bucket row, so updating both dirties one page.
+-- value is Decimal text (exact); last_ts_ms/last_seq order `last` across spans.
 CREATE TABLE meter_aggregates (
     meter           TEXT    NOT NULL,
     customer_id     TEXT    NOT NULL,
     bucket_start_ms INTEGER NOT NULL,
+    size_ms         INTEGER NOT NULL,
     count           INTEGER NOT NULL,
     value           TEXT    NOT NULL,
     last_ts_ms      INTEGER NOT NULL,
     last_seq        INTEGER NOT NULL,
-    PRIMARY KEY (meter, customer_id, bucket_start_ms)
+    PRIMARY KEY (meter, customer_id, bucket_start_ms, size_ms)
 ) STRICT, WITHOUT ROWID;
 
 -- Metrics and period close read every customer of one meter over a bucket range.
@@ -41,6 +44,7 @@ CREATE TABLE meter_state (
     meter       TEXT    PRIMARY KEY,
     fingerprint TEXT    NOT NULL,
     bucket_ms   INTEGER NOT NULL,
+    rollup_ms   INTEGER NOT NULL,
     built_at_ms INTEGER NOT NULL
 ) STRICT;
 
