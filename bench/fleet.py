@@ -1,0 +1,108 @@
+"""The servers of one benchmark run, each its own process: the upstream, and in front of
+it the bare proxy, nginx (when installed) and meterproxy with the reference rules.
+
+Placement on a 2-core machine: every server under test (bare, nginx, meterproxy) is
+pinned to core 0; the upstream, the load generator and this script share core 1. Only
+the target being measured is busy at any moment, so each proxy has core 0 to itself
+(meterproxy's SQLite writer thread included: storing events is part of its cost).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.nginx import nginx_binary, nginx_version, prepare_prefix
+from bench.processes import Processes, cpu_split, free_port, wait_for_port
+
+BENCH = Path(__file__).resolve().parent
+CONFIG = BENCH / "meterproxy.bench.yaml"
+ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
+START_SECONDS = 30.0
+PYTHON = sys.executable
+
+
+@dataclass(frozen=True)
+class Target:
+    """Something the load generator can be pointed at: `url` + a path."""
+
+    name: str  # direct | bare | nginx | meterproxy
+    url: str
+    pid: int  # the process that serves `url`
+
+
+@dataclass(frozen=True)
+class Fleet:
+    targets: tuple[Target, ...]  # in measuring order: direct, bare, [nginx,] meterproxy
+    admin_url: str  # meterproxy's admin listener
+    nginx: str  # nginx's version, or "not installed"
+
+    def target(self, name: str) -> Target:
+        """The target called `name`; KeyError when it is not running (nginx missing)."""
+        for target in self.targets:
+            if target.name == name:
+                return target
+        raise KeyError(name)
+
+
+async def start_fleet(processes: Processes, workdir: Path) -> Fleet:
+    """Start every server and wait until each listens; RuntimeError if one does not."""
+    server_cpus, client_cpus = cpu_split()
+    direct = await _serve(processes, "direct", client_cpus, _upstream_args)
+    upstream_port = int(direct.url.rpartition(":")[2])
+    targets = [direct, await _serve(processes, "bare", server_cpus, _bare_args(direct.url))]
+    binary = nginx_binary()
+    version = "not installed" if binary is None else nginx_version(binary)
+    if binary is not None:
+        prefix = workdir / "nginx"
+
+        def nginx_args(port: int) -> list[str]:
+            return [binary, *prepare_prefix(prefix, port, upstream_port)]
+
+        targets.append(await _serve(processes, "nginx", server_cpus, nginx_args))
+    admin_port = free_port()
+    env = {
+        "BENCH_UPSTREAM": direct.url,
+        "BENCH_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
+        "BENCH_DB": str(workdir / "meterproxy.db"),
+        "METERPROXY_ADMIN_TOKEN": ADMIN_TOKEN,
+    }
+    targets.append(
+        await _serve(processes, "meterproxy", server_cpus, _meterproxy_args, env, (admin_port,))
+    )
+    return Fleet(tuple(targets), f"http://127.0.0.1:{admin_port}", version)
+
+
+def _upstream_args(port: int) -> list[str]:
+    return [PYTHON, str(BENCH / "upstream.py"), f"--port={port}"]
+
+
+def _bare_args(upstream_url: str) -> Callable[[int], list[str]]:
+    def args(port: int) -> list[str]:
+        return [PYTHON, str(BENCH / "bare.py"), f"--port={port}", f"--upstream={upstream_url}"]
+
+    return args
+
+
+def _meterproxy_args(port: int) -> list[str]:
+    # The port reaches the config file through BENCH_PROXY_LISTEN, which _serve sets.
+    return [PYTHON, "-m", "proxy.cli", "run", "-c", str(CONFIG)]
+
+
+async def _serve(
+    processes: Processes,
+    name: str,
+    cpus: frozenset[int],
+    command: Callable[[int], list[str]],
+    env: dict[str, str] | None = None,
+    also: tuple[int, ...] = (),
+) -> Target:
+    """Start `command(port)` on a free port; wait until it listens there and on `also`."""
+    port = free_port()
+    env = {**(env or {}), "BENCH_PROXY_LISTEN": f"127.0.0.1:{port}"}
+    process = processes.start(name, command(port), cpus, env)
+    for listening in (port, *also):
+        await wait_for_port(listening, process, START_SECONDS)
+    return Target(name, f"http://127.0.0.1:{port}", process.pid)
