@@ -2,7 +2,10 @@
 
 Prints:
 - append throughput: events/s for 1,000-event batches of proxy-like events (two meters
-  match each event) into a fresh file, synchronous=FULL as in production;
+  match each event) from 1,000 customers into a fresh file, synchronous=FULL as in
+  production; once as a live stream (timestamps within seconds, so the customers' current
+  aggregate rows are updated in place) and once as a month of backfill (almost every event
+  opens a new bucket row: the worst case);
 - read latency: `meter_aggregate` for one customer over a calendar month once the month
   holds 1M events across 1,000 customers, for a bucket-aligned period (aggregates only)
   and an unaligned one (partial buckets at both edges read from raw events).
@@ -42,9 +45,11 @@ METERS = (
 )
 
 
-def batches(total: int, customers: int, rng: random.Random) -> list[list[UsageEvent]]:
-    """Events spread evenly over the month, in time order, as a proxy would emit them."""
-    step = (MONTH_END - MONTH_START) / total
+def batches(
+    total: int, customers: int, span_ms: int, rng: random.Random
+) -> list[list[UsageEvent]]:
+    """Events spread evenly over span_ms from MONTH_START, in time order, as a proxy emits."""
+    step = span_ms / total
     events = [
         UsageEvent(
             new_proxy_event_id(),
@@ -60,12 +65,15 @@ def batches(total: int, customers: int, rng: random.Random) -> list[list[UsageEv
     return [events[i:i + BATCH] for i in range(0, total, BATCH)]
 
 
-async def append_all(store: SqliteStore, work: list[list[UsageEvent]]) -> float:
-    """Seconds to append every batch, one transaction each."""
+async def append_all(store: SqliteStore, work: list[list[UsageEvent]], label: str) -> None:
+    """Append every batch, one transaction each, and print the rate."""
     started = time.perf_counter()
     for batch in work:
         await store.append(batch, batch[-1].timestamp_ms)
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    total = sum(len(batch) for batch in work)
+    print(f"append, {label}: {total:,} events in batches of {BATCH:,}: "
+          f"{total / seconds:,.0f} events/s")
 
 
 async def latencies_ms(
@@ -88,14 +96,18 @@ def summary(values: list[float]) -> str:
 async def main(events: int, customers: int, tz: ZoneInfo) -> None:
     rng = random.Random(7)
     size = bucket_ms([Cycle(calendar="monthly")], tz)
-    work = batches(events, customers, rng)
     with tempfile.TemporaryDirectory() as tmp:
-        store = SqliteStore(str(Path(tmp) / "bench.db"), METERS, size)
+        live = SqliteStore(str(Path(tmp) / "live.db"), METERS, size)
+        await live.open()
+        try:
+            await append_all(live, batches(events // 10, customers, 2_000, rng), "live stream")
+        finally:
+            await live.close()
+        store = SqliteStore(str(Path(tmp) / "month.db"), METERS, size)
         await store.open()
         try:
-            seconds = await append_all(store, work)
-            print(f"append: {events:,} events in {len(work):,} batches of {BATCH:,}: "
-                  f"{events / seconds:,.0f} events/s")
+            work = batches(events, customers, MONTH_END - MONTH_START, rng)
+            await append_all(store, work, "a month of backfill")
             print(f"meter_aggregate, one customer, one month ({size // 60_000}-minute buckets):")
             aligned = await latencies_ms(store, customers, MONTH_START, MONTH_END, rng)
             print(f"  aligned period:   {summary(aligned)}")

@@ -20,12 +20,14 @@ class Spread:
     low: float
     high: float
 
-    def render(self, digits: int = 2, unit: str = "") -> str:
-        """Text such as `1.23 (1.10-1.40)`, or `1.23` when all values were equal (or one round)."""
-        mid = f"{self.median:,.{digits}f}{unit}"
+    def render(self, digits: int = 2, signed: bool = False) -> str:
+        """Text such as `1.23 (1.10 to 1.40)`, or `1.23` when all values are equal (or
+        there was one round); `signed` puts + before non-negative numbers."""
+        sign = "+" if signed else ""
+        mid = f"{self.median:{sign},.{digits}f}"
         if math.isclose(self.low, self.high):
             return mid
-        return f"{mid} ({self.low:,.{digits}f}-{self.high:,.{digits}f})"
+        return f"{mid} ({self.low:{sign},.{digits}f} to {self.high:{sign},.{digits}f})"
 
 
 def spread(values: Sequence[float]) -> Spread:
