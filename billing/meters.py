@@ -178,12 +178,8 @@ def merge(kind: AggregationType, a: Aggregate | None, b: Aggregate | None) -> Ag
     """
     if a is None:
         return b
-    return _merge(kind, b, a)
-
-
-def _merge(kind: AggregationType, a: Aggregate | None, b: Aggregate) -> Aggregate:
-    if a is None:
-        return b
+    if b is None:
+        return a
     later = _later(a, b)
     count = a.count + b.count
     if kind == "count":

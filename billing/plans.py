@@ -20,6 +20,9 @@ from billing.settings import Section
 _ZERO = Decimal(0)
 _ONE = Decimal(1)
 _HUNDRED = Decimal(100)
+DEFAULT_GRACE_MS = 3_600_000
+DEFAULT_INGEST_PAST_MS = 3_600_000
+DEFAULT_INGEST_FUTURE_MS = 300_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +65,9 @@ class BillingSettings:
 
     default_plan: str | None
     timezone: ZoneInfo
-    grace_period_ms: int = 3_600_000
-    ingest_past_ms: int = 3_600_000
-    ingest_future_ms: int = 300_000
+    grace_period_ms: int = DEFAULT_GRACE_MS
+    ingest_past_ms: int = DEFAULT_INGEST_PAST_MS
+    ingest_future_ms: int = DEFAULT_INGEST_FUTURE_MS
 
 
 # ------------------------------------------------------------------- plans
@@ -186,10 +189,10 @@ def parse_billing(root: Section, plans: Iterable[Plan]) -> BillingSettings:
     if default_plan is not None and default_plan not in {plan.name for plan in plans}:
         section.fail("default_plan", f"unknown plan {default_plan!r}")
     timezone = _parse_timezone(section)
-    grace: int = section.duration_ms("grace_period", 3_600_000)
+    grace: int = section.duration_ms("grace_period", DEFAULT_GRACE_MS)
     window = section.section("ingest_window")
-    past: int = window.duration_ms("past", 3_600_000)
-    future: int = window.duration_ms("future", 300_000)
+    past: int = window.duration_ms("past", DEFAULT_INGEST_PAST_MS)
+    future: int = window.duration_ms("future", DEFAULT_INGEST_FUTURE_MS)
     window.done()
     section.done()
     if grace < past:

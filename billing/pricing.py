@@ -24,7 +24,9 @@ _ZERO = Decimal(0)
 @dataclass(frozen=True, slots=True)
 class UsageLine:
     """The line of one price: `quantity` in meter units; the rest in billed units
-    (after `unit_size`), except `credits_*` which count credits."""
+    (after `unit_size`), except `credits_*` which count credits: `credits_applied` used
+    by this line, `credits_remaining` still usable for the meter after it (per-cycle and
+    rollover credits among them expire with the period)."""
 
     meter: str
     quantity: Decimal
