@@ -7,7 +7,7 @@ from collections import defaultdict
 from decimal import Decimal
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing.credits import (
@@ -157,6 +157,7 @@ grants_strategy = st.lists(
 )
 
 
+@settings(deadline=None)
 @given(grants_strategy,
        st.lists(st.decimals(min_value=0, max_value=300, places=3), min_size=1, max_size=8),
        st.decimals(min_value=0, max_value=50, places=1),

@@ -6,7 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing.events import MetadataValue
@@ -252,6 +252,7 @@ clauses = st.builds(Clause, keys, st.sampled_from(["equals", "contains", "greate
 metadata = st.dictionaries(keys, values)
 
 
+@settings(deadline=None)
 @given(st.integers(-10**6, 10**6), st.integers(-10**6, 10**6))
 def test_numbers_and_their_text_compare_alike(expected: int, actual: int) -> None:
     for configured in (expected, str(expected)):
@@ -260,6 +261,7 @@ def test_numbers_and_their_text_compare_alike(expected: int, actual: int) -> Non
             assert compiled(one("k", "less_than", configured))({"k": sent}) is (actual < expected)
 
 
+@settings(deadline=None)
 @given(st.sampled_from(["and", "or"]), st.lists(clauses, min_size=1, max_size=4), metadata)
 def test_a_group_is_all_or_any_of_its_clauses(conjunction: str, parts: list[Clause],
                                               event: dict[str, MetadataValue]) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing.events import Metadata
@@ -197,7 +197,6 @@ def test_a_million_tenths_sum_to_exactly_one_hundred_thousand() -> None:
         agg = fold("sum", agg, tenth, seq, seq)
     assert agg is not None and agg.count == 1_000_000
     assert quantity("sum", agg) == Decimal(100_000)
-    assert sum([0.1] * 1_000) != 100.0  # what floats would have done
 
 
 def test_sums_stay_exact_beyond_28_digits() -> None:
@@ -221,6 +220,7 @@ event_lists = st.lists(
 ).map(lambda pairs: [(value, ts, seq) for seq, (value, ts) in enumerate(pairs)])
 
 
+@settings(deadline=None)
 @given(event_lists, st.randoms(use_true_random=False))
 def test_event_order_never_changes_count_sum_max(events: list[tuple[Decimal, int, int]],
                                                 rnd: random.Random) -> None:
@@ -233,6 +233,7 @@ def test_event_order_never_changes_count_sum_max(events: list[tuple[Decimal, int
         assert str(a.value) == str(b.value)  # same digits too, not only the same number
 
 
+@settings(deadline=None)
 @given(event_lists, st.randoms(use_true_random=False))
 def test_last_is_the_value_of_the_latest_timestamp_then_sequence(
     events: list[tuple[Decimal, int, int]], rnd: random.Random
@@ -246,6 +247,7 @@ def test_last_is_the_value_of_the_latest_timestamp_then_sequence(
     assert (agg.last_ts, agg.last_seq) == (latest[1], latest[2])
 
 
+@settings(deadline=None)
 @given(st.sampled_from(AGGREGATION_TYPES), event_lists, st.randoms(use_true_random=False))
 def test_buckets_merge_to_the_fold_of_all_events(
     kind: AggregationType, events: list[tuple[Decimal, int, int]], rnd: random.Random
@@ -266,6 +268,7 @@ aggregates = st.builds(
 )
 
 
+@settings(deadline=None)
 @given(st.sampled_from(AGGREGATION_TYPES), aggregates, aggregates, aggregates)
 def test_merge_is_associative_and_commutative(kind: AggregationType, a: Aggregate,
                                               b: Aggregate, c: Aggregate) -> None:
@@ -273,6 +276,7 @@ def test_merge_is_associative_and_commutative(kind: AggregationType, a: Aggregat
     assert merge(kind, merge(kind, a, b), c) == merge(kind, a, merge(kind, b, c))
 
 
+@settings(deadline=None)
 @given(st.sampled_from(AGGREGATION_TYPES), aggregates,
        st.decimals(min_value=-100, max_value=100, places=2), st.integers(0, 5),
        st.integers(0, 5))

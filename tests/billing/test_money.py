@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal, DivisionByZero, getcontext
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing.money import (
@@ -121,6 +121,7 @@ amounts = st.decimals(min_value=-(10**12), max_value=10**12, allow_nan=False,
 currencies = st.sampled_from(["USD", "JPY", "KWD", "CLF"])
 
 
+@settings(deadline=None)
 @given(amounts, currencies)
 def test_rounding_moves_at_most_half_a_minor_unit(amount: Decimal, currency: str) -> None:
     rounded = round_money(amount, currency)
@@ -129,6 +130,7 @@ def test_rounding_moves_at_most_half_a_minor_unit(amount: Decimal, currency: str
     assert round_money(rounded, currency) == rounded
 
 
+@settings(deadline=None)
 @given(amounts, currencies)
 def test_rounding_is_symmetric_around_zero(amount: Decimal, currency: str) -> None:
     assert round_money(-amount, currency) == -round_money(amount, currency)

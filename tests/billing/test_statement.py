@@ -9,7 +9,7 @@ from base64 import b32encode
 from decimal import Decimal
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing.credits import CreditGrant, CreditState
@@ -63,6 +63,7 @@ def test_statement_id() -> None:
     assert statement_id("c1", 23) != statement_id("c12", 3)
 
 
+@settings(deadline=None)
 @given(st.text(min_size=1, max_size=20), st.integers(-(10**13), 10**13))
 def test_statement_ids_are_st_and_26_base32_characters(customer: str, start: int) -> None:
     found = statement_id(customer, start)
@@ -227,6 +228,7 @@ manual_adjustments = st.lists(
     max_size=4, unique_by=lambda m: m.adjustment_id)
 
 
+@settings(deadline=None)
 @given(st.decimals(min_value=0, max_value=10_000, places=2), grants, manual_adjustments,
        st.randoms(use_true_random=False))
 def test_a_statement_computed_twice_or_from_shuffled_inputs_is_identical(
