@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from billing.events import Metadata, MetadataValue, StoredEvent, UsageEvent
 from billing.meters import Aggregate, AggregationType, Meter, Skip, fold, merge
@@ -87,6 +87,7 @@ class ApiKey:
 # --------------------------------------------------------------------- interface
 
 
+@runtime_checkable
 class Store(Protocol):
     """Events, per-meter aggregates, customers and API keys behind one async interface.
 

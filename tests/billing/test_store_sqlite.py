@@ -28,6 +28,7 @@ from billing.store.base import (
     DuplicateKey,
     PeriodSplit,
     ReadPlan,
+    Store,
     StoreError,
     decode_metadata,
     encode_metadata,
@@ -98,6 +99,11 @@ def aggregate_rows(path: Path) -> list[tuple[Any, ...]]:
 
 async def everything(store: SqliteStore) -> list[StoredEvent]:
     return await store.list_events(limit=1_000_000)
+
+
+def test_the_sqlite_engine_implements_the_store_interface(tmp_path: Path) -> None:
+    store: Store = SqliteStore(str(tmp_path / "s.db"), METERS, BUCKET)  # mypy: structurally
+    assert isinstance(store, Store)  # and at run time: every method is there
 
 
 # ----------------------------------------------------------------- migrations
