@@ -19,7 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from billing.events import MetadataValue, Source, StoredEvent, UsageEvent
+from billing.events import Metadata, MetadataValue, Source, StoredEvent, UsageEvent
+from billing.filters import Predicate
 from billing.meters import Aggregate, AggregationType, Meter, quantity
 from billing.store.base import (
     ROLLUP_BUCKETS,
@@ -53,14 +54,15 @@ def event(
 
 
 def meter(
-    name: str, event_name: str, aggregation: AggregationType, key: str | None = None, **kw: Any
+    name: str, event_name: str, aggregation: AggregationType, key: str | None = None,
+    filter: Predicate | None = None,
 ) -> Meter:
     return Meter(name=name, event_name=event_name, aggregation=aggregation, key=key,
-                 filter=kw.get("filter"), measurement_unit=None)
+                 filter=filter, measurement_unit=None)
 
 
-def _is_pro(metadata: Any) -> bool:
-    return bool(metadata.get("tier") == "pro")
+def _is_pro(metadata: Metadata) -> bool:
+    return metadata.get("tier") == "pro"
 
 
 METERS = (
@@ -93,8 +95,10 @@ def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
 
 
 def aggregate_rows(path: Path) -> list[tuple[Any, ...]]:
-    found = rows(path, "SELECT * FROM meter_aggregates ORDER BY 1, 2, 3")
-    return [(*row[:4], Decimal(row[4]), *row[5:]) for row in found]
+    """Every aggregate row, values as Decimal (equal numbers, whatever their exponent)."""
+    found = rows(path, "SELECT meter, customer_id, bucket_start_ms, size_ms, count, value,"
+                       " last_ts_ms, last_seq FROM meter_aggregates ORDER BY 1, 2, 3, 4")
+    return [(*row[:5], Decimal(row[5]), *row[6:]) for row in found]
 
 
 async def everything(store: SqliteStore) -> list[StoredEvent]:
