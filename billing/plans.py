@@ -75,7 +75,7 @@ class BillingSettings:
 
 def parse_plans(root: Section, meters: Iterable[Meter]) -> tuple[Plan, ...]:
     """Read `plans:`, checking that every priced meter is one of `meters`."""
-    meter_names = frozenset(meter.name for meter in meters)
+    meter_names = frozenset(meter.name for meter in meters) | _written_names(root, "meters")
     plans: list[Plan] = []
     seen: set[str] = set()
     for section in root.sections("plans"):
@@ -108,8 +108,10 @@ def _parse_plan(section: Section, meter_names: frozenset[str]) -> Plan | None:
 def _parse_currency(section: Section) -> str:
     currency: str = section.text("currency")
     if section.has("currency") and not is_currency(currency):
-        section.fail("currency", f"unknown currency {currency!r} "
-                                 "(an upper-case ISO 4217 code such as USD, EUR or JPY)")
+        section.fail(
+            "currency",
+            f"unknown currency {currency!r} (an upper-case ISO 4217 code such as USD, EUR or JPY)",
+        )
         return ""
     return currency
 
@@ -128,8 +130,10 @@ def _parse_cycle(section: Section) -> Cycle | None:
 def _warn_sub_minor(section: Section, key: str, amount: Decimal, currency: str) -> None:
     exponent = amount.as_tuple().exponent
     if isinstance(exponent, int) and -exponent > minor_units(currency):
-        section.problems.warn(section.key_path(key), f"{amount} has more decimals than "
-                              f"{currency} has; statements round it half up")
+        section.problems.warn(
+            section.key_path(key),
+            f"{amount} has more decimals than {currency} has; statements round it half up",
+        )
 
 
 def _parse_prices(section: Section, meter_names: frozenset[str]) -> tuple[Price, ...]:
@@ -181,12 +185,26 @@ def _positive(section: Section, key: str) -> Decimal:
 # ----------------------------------------------------------------- billing
 
 
+def _written_names(root: Section, key: str) -> frozenset[str]:
+    """Names of every plan or meter written in the file, valid or not: one with a problem
+    of its own is reported once, not again by everything that names it."""
+    written = root.data.get(key)
+    if not isinstance(written, list):
+        return frozenset()
+    return frozenset(
+        item["name"]
+        for item in written
+        if isinstance(item, dict) and isinstance(item.get("name"), str)
+    )
+
+
 def parse_billing(root: Section, plans: Iterable[Plan]) -> BillingSettings:
     """Read `billing:` (optional). Warns when `grace_period` is shorter than
     `ingest_window.past`: ingest could then accept events for a final period."""
     section = root.section("billing")
     default_plan: str | None = section.text("default_plan", None)
-    if default_plan is not None and default_plan not in {plan.name for plan in plans}:
+    names = {plan.name for plan in plans} | _written_names(root, "plans")
+    if default_plan is not None and default_plan not in names:
         section.fail("default_plan", f"unknown plan {default_plan!r}")
     timezone = _parse_timezone(section)
     grace: int = section.duration_ms("grace_period", DEFAULT_GRACE_MS)
@@ -207,7 +225,8 @@ def parse_billing(root: Section, plans: Iterable[Plan]) -> BillingSettings:
 def _parse_timezone(section: Section) -> ZoneInfo:
     key: str = section.text("timezone", "UTC")
     if key not in available_timezones():
-        section.fail("timezone", f"unknown time zone {key!r} (an IANA name such as "
-                                 "UTC or Europe/Berlin)")
+        section.fail(
+            "timezone", f"unknown time zone {key!r} (an IANA name such as UTC or Europe/Berlin)"
+        )
         return ZoneInfo("UTC")
     return ZoneInfo(key)

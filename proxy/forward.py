@@ -18,6 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from billing.events import UsageEvent
 from billing.writer import StoreUnavailable
 from proxy.errors import (
     BodyTooLarge,
@@ -305,6 +306,9 @@ class Forwarder:
         timing: _Timing,
     ) -> None:
         content = upstream.content
+        # strict durability holds back the last chunk until the events are on disk
+        held: bytes | None = None
+        strict = state.settings.durability == "strict"
         while True:
             began = time.perf_counter()
             try:
@@ -321,18 +325,67 @@ class Forwarder:
             x.response_bytes += len(chunk)
             if tap is not None:
                 tap.feed(chunk)
-            began = time.perf_counter()
-            try:
-                await response.write(chunk)
-            except ConnectionError:
-                x.response_bytes -= len(chunk)
-                x.aborted = True
-                await self._drain(state, x, upstream, tap, timing)
+            if strict:
+                previous, held = held, chunk
+                if previous is None:
+                    continue
+                chunk = previous
+            if not await self._write(state, x, upstream, response, tap, chunk, timing):
                 return
-            finally:
-                timing.waiting += time.perf_counter() - began
         self._finish_tap(x, tap, complete=True)
+        if strict and not await self._commit(state, request, x, timing):
+            return
+        if held is not None and not await self._write(
+            state, x, upstream, response, tap, held, timing
+        ):
+            return
         await self._write_eof(state, x, response, timing)
+
+    async def _write(
+        self,
+        state: ProxyState,
+        x: Exchange,
+        upstream: aiohttp.ClientResponse,
+        response: RelayResponse,
+        tap: BodyTap | None,
+        chunk: bytes,
+        timing: _Timing,
+    ) -> bool:
+        """Write one chunk; False when the client is gone (then drain the upstream)."""
+        began = time.perf_counter()
+        try:
+            await response.write(chunk)
+            return True
+        except ConnectionError:
+            x.response_bytes -= len(chunk)
+            x.aborted = True
+            await self._drain(state, x, upstream, tap, timing)
+            return False
+        finally:
+            timing.waiting += time.perf_counter() - began
+
+    async def _commit(
+        self, state: ProxyState, request: web.BaseRequest, x: Exchange, timing: _Timing
+    ) -> bool:
+        """durability: strict: store the events before the response's last byte.
+
+        False when the store cannot take them: the client's response is cut short,
+        so no client ever holds a complete response whose usage was not recorded.
+        """
+        x.duration_ms = int((time.perf_counter() - timing.start) * 1000)
+        events = self._events(state, x)
+        x.emitted = True
+        began = time.perf_counter()
+        try:
+            await state.writer.submit_durable(events)
+            return True
+        except StoreUnavailable:
+            log.error("strict durability: store unavailable, cutting %s %s", x.method, x.path)
+            x.aborted = True
+            _abort_client(request)
+            return False
+        finally:
+            timing.waiting += time.perf_counter() - began
 
     async def _write_eof(
         self, state: ProxyState, x: Exchange, response: RelayResponse, timing: _Timing
@@ -388,38 +441,37 @@ class Forwarder:
     # ------------------------------------------------------------------- finish
 
     def _finish(self, state: ProxyState, x: Exchange, timing: _Timing) -> None:
-        """Emit the exchange's events and metrics. Never raises."""
+        """Emit the exchange's events (unless strict mode did) and metrics. Never raises."""
         total = time.perf_counter() - timing.start
-        x.duration_ms = int(total * 1000)
         metrics = state.metrics
         metrics.request_duration.observe(total)
         metrics.overhead.observe(max(0.0, total - timing.waiting))
+        if x.emitted:
+            return
+        x.duration_ms = int(total * 1000)
         try:
-            self._emit(state, x)
+            state.writer.submit(self._events(state, x))
         except StoreUnavailable:
             log.error("store unavailable: events of %s %s not queued", x.method, x.path)
         except Exception:  # a rule must never break proxying; count and log
             log.exception("emitting events failed for %s %s", x.method, x.path)
             metrics.count_rule_error(NO_RULE, "error")
 
-    def _emit(self, state: ProxyState, x: Exchange) -> None:
+    def _events(self, state: ProxyState, x: Exchange) -> list[UsageEvent]:
+        """Count the exchange per matching rule and build its events (none unidentified)."""
         metrics = state.metrics
         cls = status_class(x.status)
-        if not x.candidates:
-            metrics.count_request(NO_RULE, cls)
-            return
-        matched = state.rules.matched(x)
+        matched = state.rules.matched(x) if x.candidates else []
         if not matched:
             metrics.count_request(NO_RULE, cls)
-            return
+            return []
         for rule, _ in matched:
             metrics.count_request(rule.name, cls)
         if x.customer_id is None:
-            return
-        events = state.rules.events(
+            return []
+        return state.rules.events(
             x, lambda rule, reason, key: _rule_error(state, rule, reason, key)
         )
-        state.writer.submit(events)
 
 
 _SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})

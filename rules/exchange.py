@@ -33,6 +33,7 @@ class Exchange:
     aborted: bool = False
     request_json: Mapping[str, Any] | None = None
     response_json: Mapping[str, Any] | None = None
+    emitted: bool = False  # the proxy handed the events over already (strict durability)
     # (rule index, path captures) of every rule whose method and path matched
     candidates: list[tuple[int, dict[str, str]]] = field(default_factory=list)
 

@@ -46,14 +46,14 @@ async def test_check_accepts_the_reference_file() -> None:
 
 async def test_check_reports_every_problem_with_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text(BASE.replace("read: 30s", "read: soon").replace("status: 2xx", "status: 9xx"))
+    path.write_text(BASE.replace("read: 30s", "read: soon").replace("currency: USD", "currency: X"))
     code, out, err = await run_cli("check", "-c", str(path))
     assert code == 1
     assert out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 2
     assert lines[0].startswith(f"{path}:4: proxy.timeouts.read: ")
-    assert re.match(rf"{re.escape(str(path))}:\d+: rules\[0\]\.match\.status: ", lines[1])
+    assert re.match(rf"{re.escape(str(path))}:\d+: plans\[0\]\.currency: ", lines[1])
 
 
 class Server:

@@ -223,3 +223,18 @@ def test_yaml_12_scalars() -> None:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config("/nonexistent/meterproxy.yaml")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "only"),
+    [
+        ("currency: USD", "currency: XYZ", "plans[0].currency"),
+        ("aggregation: {type: count}", "aggregation: {type: median}", "meters[0].aggregation.type"),
+    ],
+)
+def test_one_mistake_is_reported_once_not_by_everything_that_names_it(
+    old: str, new: str, only: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(BASE.replace(old, new), "bad.yaml", environ={})
+    assert [p.path for p in caught.value.problems] == [only]
