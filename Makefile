@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench check-config clean
+.PHONY: run test lint typecheck unit bench bench-deps check-config clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,16 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# Optional tools of `make bench` (it runs without them and says what it used instead):
+# wrk and nginx from Debian (apt-get, as root), py-spy into the venv. Skipped when present.
+bench-deps: $(STAMP)
+	@if command -v wrk >/dev/null && PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null; then \
+		echo "bench-deps: wrk and nginx present"; \
+	else \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light; \
+	fi
+	@test -x $(BIN)/py-spy || $(BIN)/pip install --quiet py-spy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

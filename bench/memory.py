@@ -26,6 +26,7 @@ SOAK_SLICE_S = 20.0
 class Soak:
     requests: int  # requests completed during the soak
     errors: int
+    rss: tuple[tuple[int, int], ...]  # (requests so far, RSS bytes) after each slice
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ async def soak(
 ) -> Soak:
     """Load `target` in slices until `requests` completed or `budget_s` ran out."""
     done = errors = 0
+    rss: list[tuple[int, int]] = []
     rate = 0.0  # requests/s of the last slice: the last slice lasts only as long as needed
     deadline = time.monotonic() + budget_s
     while done < requests and (left := deadline - time.monotonic()) >= 1:
@@ -47,7 +49,8 @@ async def soak(
         done += result.requests
         errors += result.errors
         rate = result.rps
-    return Soak(done, errors)
+        rss.append((done, rss_bytes(target.pid)))
+    return Soak(done, errors, tuple(rss))
 
 
 async def peak_rss_while(pid: int, work: asyncio.Future[Any]) -> int:

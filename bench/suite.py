@@ -1,0 +1,238 @@
+"""The whole benchmark: start the fleet, measure every figure, print and write the table.
+
+Order: warm-up, throughput (32 and 256 connections), one-client latency, SSE, then a soak
+of meterproxy up to 1M requests (profiled by py-spy meanwhile) with its RSS before and
+after, 1 GB each way through bare and meterproxy, ingest, and the billing slot. The soak
+gets whatever time the others leave within the run's budget, and says how far it got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import billing_slot, calls, ingest, memory, pyspy, sse
+from bench.fleet import ADMIN_TOKEN, Fleet, start_fleet
+from bench.loadgen import CUSTOMERS, LoadGenerator, customer_id, pick_generator
+from bench.processes import Processes, cpu_split, rss_bytes
+from bench.report import Row, machine_lines, render_table, verdict
+
+MB = 1_000_000
+MAX_GROWTH_MB = 50
+MIN_INGEST_PER_S = 100_000
+PROFILE_CONNECTIONS = memory.SOAK_CONNECTIONS
+TOP_FRAMES = 15
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of everything one run measures."""
+
+    name: str
+    rounds: int  # interleaved rounds of throughput and latency
+    seconds: float  # one throughput or latency run
+    sse_rounds: int
+    soak_requests: int
+    stream_bytes: int
+    ingest_batches: int
+    profile_s: float
+    budget_s: float  # the whole run; the soak is cut short to stay within it
+    reserve_s: float  # kept for the phases after the soak
+    sse_events: int = 1000
+    sse_interval_us: int = 1000
+
+
+FULL = Plan("full", 3, 4, 3, 1_000_000, 1_000_000_000, 200, 15, 560, 80)
+QUICK = Plan("quick", 1, 2, 1, 30_000, 100_000_000, 20, 5, 100, 25)
+
+
+@dataclass
+class Outcome:
+    """What the phases found: table rows, notes under the table, the profile section."""
+
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    profile: str = ""
+    served: int = 0  # requests meterproxy completed so far (toward the soak's 1M)
+
+
+async def run(plan: Plan, output: Path) -> str:
+    """Run every phase and return the report, also written to `output`."""
+    _, client_cpus = cpu_split()
+    os.sched_setaffinity(0, client_cpus)  # children (wrk, py-spy) inherit this
+    started = time.monotonic()
+    load = pick_generator()
+    with tempfile.TemporaryDirectory(prefix="meterproxy-bench-") as tmp:
+        processes = Processes(Path(tmp))
+        try:
+            fleet = await start_fleet(processes, Path(tmp))
+            outcome = await _measure(plan, fleet, load, started)
+        finally:
+            processes.stop_all()
+    report = _report(plan, outcome, load.name, fleet.nginx, time.monotonic() - started)
+    await asyncio.to_thread(output.write_text, report + "\n")
+    return report
+
+
+async def _measure(plan: Plan, fleet: Fleet, load: LoadGenerator, started: float) -> Outcome:
+    out = Outcome()
+    if fleet.nginx == "not installed":
+        out.notes.append("nginx: not installed (`make bench-deps`); its column is empty")
+    for target in fleet.targets:
+        result = await load.run(target.url + calls.PATH, 32, plan.seconds)
+        out.served += result.requests if target.name == "meterproxy" else 0
+    rss_start = rss_bytes(fleet.target("meterproxy").pid)
+    await _http(plan, fleet, load, out)
+    await _sse(plan, fleet, out)
+    budget = plan.budget_s - plan.reserve_s - (time.monotonic() - started)
+    await _soak(plan, fleet, load, out, rss_start, budget)
+    await _streams(plan, fleet, out)
+    await _ingest(plan, fleet, out)
+    out.rows.extend(await billing_slot.rows(fleet.admin_url, ADMIN_TOKEN, customer_id(1)))
+    return out
+
+
+async def _http(plan: Plan, fleet: Fleet, load: LoadGenerator, out: Outcome) -> None:
+    for connections in (32, 256):
+        found = await calls.interleaved(load, fleet.targets, plan.rounds, connections, plan.seconds)
+        out.rows.append(calls.throughput_row(connections, found))
+        _count(out, found, f"throughput at {connections} connections")
+    found = await calls.interleaved(load, fleet.targets, plan.rounds, 1, plan.seconds)
+    out.rows.extend(calls.latency_rows(found))
+    _count(out, found, "latency at 1 connection")
+
+
+def _count(out: Outcome, found: calls.Results, what: str) -> None:
+    out.served += sum(r.requests for r in found["meterproxy"])
+    note = calls.errors_note(found, what)
+    if note:
+        out.notes.append(note)
+
+
+async def _sse(plan: Plan, fleet: Fleet, out: Outcome) -> None:
+    found = await sse.measure(
+        fleet.targets, plan.sse_rounds, plan.sse_events, plan.sse_interval_us
+    )
+    out.rows.extend(sse.rows(found, plan.sse_events))
+
+
+async def _soak(
+    plan: Plan, fleet: Fleet, load: LoadGenerator, out: Outcome, rss_start: int, budget: float
+) -> None:
+    """Top meterproxy up to plan.soak_requests, profiling it during the first seconds."""
+    target = fleet.target("meterproxy")
+    wanted = max(0, plan.soak_requests - out.served)
+    soaked, section = await asyncio.gather(
+        memory.soak(load, target, wanted, budget, calls.PATH),
+        _profile(plan, target.pid, load.name),
+    )
+    out.served += soaked.requests
+    out.profile = section
+    if soaked.errors:
+        out.notes.append(f"soak: {soaked.errors:,} failed requests at meterproxy")
+    curve = ", ".join(f"{rss / MB:.0f} MB" for _, rss in soaked.rss)
+    out.notes.append(f"meterproxy RSS after each {memory.SOAK_SLICE_S:.0f} s of the soak: {curve}")
+    if out.served < plan.soak_requests:
+        out.notes.append(f"soak: the time budget ended at {out.served:,} requests")
+    growth = (rss_bytes(target.pid) - rss_start) / MB
+    judged = out.served >= FULL.soak_requests
+    out.rows.append(
+        Row(
+            figure=f"RSS after {out.served:,} requests, {CUSTOMERS:,} customers (MB)",
+            meterproxy=f"{rss_start / MB:.0f} -> {(rss_start / MB) + growth:.0f}",
+            result=f"{growth:+.1f} MB",
+            target=f"< +{MAX_GROWTH_MB} MB after 1M",
+            verdict=verdict(growth < MAX_GROWTH_MB) if judged else "-",
+        )
+    )
+
+
+async def _profile(plan: Plan, pid: int, generator: str) -> str:
+    binary = pyspy.py_spy()
+    if binary is None:
+        return "py-spy is not installed (`make bench-deps`): no profile."
+    await asyncio.sleep(1)  # let the soak's load reach its steady state first
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            raw = await pyspy.record(binary, pid, plan.profile_s, Path(tmp) / "raw.txt")
+        except RuntimeError as exc:
+            return f"no profile: {exc}"
+    heading = (
+        f"meterproxy under {generator} load ({PROFILE_CONNECTIONS} connections, GET {calls.PATH}),"
+        f" py-spy {pyspy.RATE_HZ} Hz for {plan.profile_s:.0f} s; top {TOP_FRAMES} frames"
+        " by own time (non-idle threads: the event loop and the SQLite writer thread)"
+    )
+    return heading + ":\n\n" + pyspy.render(pyspy.top_frames(raw, TOP_FRAMES))
+
+
+async def _streams(plan: Plan, fleet: Fleet, out: Outcome) -> None:
+    growth: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    for name in ("bare", "meterproxy"):
+        target = fleet.target(name)
+        before = rss_bytes(target.pid)
+        streamed = await memory.stream_both_ways(target, plan.stream_bytes)
+        growth[name] = (streamed.peak_rss - before) / MB
+        seconds[name] = streamed.seconds
+    size = f"{plan.stream_bytes / 1e9:g} GB"
+    judged = plan.stream_bytes >= FULL.stream_bytes
+    out.rows.append(
+        Row(
+            figure=f"RSS growth while streaming {size} each way (MB)",
+            bare=f"{growth['bare']:+.1f}",
+            meterproxy=f"{growth['meterproxy']:+.1f}",
+            result=f"{growth['meterproxy']:+.1f} MB",
+            target=f"< +{MAX_GROWTH_MB} MB",
+            verdict=verdict(growth["meterproxy"] < MAX_GROWTH_MB) if judged else "-",
+        )
+    )
+    out.rows.append(
+        Row(
+            figure=f"{size} each way at once, wall time (s)",
+            bare=f"{seconds['bare']:.1f}",
+            meterproxy=f"{seconds['meterproxy']:.1f}",
+            result=f"{seconds['meterproxy'] / seconds['bare']:.2f} x bare",
+        )
+    )
+
+
+async def _ingest(plan: Plan, fleet: Fleet, out: Outcome) -> None:
+    bodies = ingest.batch_bodies(plan.ingest_batches)
+    done = await ingest.ingest(fleet.admin_url, ADMIN_TOKEN, bodies)
+    if done.stored != done.sent:
+        out.notes.append(f"ingest: {done.stored:,} of {done.sent:,} events newly stored")
+    out.rows.append(
+        Row(
+            figure=f"ingest, {ingest.BATCH:,}-event batches, {ingest.CONCURRENCY} clients"
+            " (events/s)",
+            meterproxy=f"{done.per_second:,.0f}",
+            result=f"{done.per_second:,.0f}/s",
+            target=f">= {MIN_INGEST_PER_S:,}/s",
+            verdict=verdict(done.per_second >= MIN_INGEST_PER_S),
+        )
+    )
+
+
+def _report(plan: Plan, out: Outcome, generator: str, nginx: str, seconds: float) -> str:
+    parts = [
+        f"## meterproxy benchmark ({plan.name} run, {seconds:.0f} s)",
+        "",
+        render_table(out.rows),
+        "",
+        "Values are medians of interleaved rounds, with the range in brackets; ratios and",
+        "differences are taken per round (meterproxy against bare in the same round).",
+        "",
+        *(f"- {note}" for note in out.notes),
+        *machine_lines(generator, nginx),
+        "- placement: bare, nginx and meterproxy pinned to core 0 (one at a time under load);"
+        " upstream, load generator and clients on core 1",
+        "",
+        "### Profile",
+        "",
+        out.profile,
+    ]
+    return "\n".join(parts)
