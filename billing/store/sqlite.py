@@ -171,7 +171,7 @@ class SqliteStore:
         async with self._transaction() as conn:
             known = await _known_ids(conn, list(firsts))
             fresh = [index for event_id, index in firsts.items() if event_id not in known]
-            watermark = await _max(conn, "ingested_at_ms")
+            watermark = await _scalar(conn, "SELECT MAX(ingested_at_ms) FROM events")
             if not fresh:
                 return AppendResult(tuple(stored), {}, watermark)
             watermark = max(now_ms, watermark + 1)
@@ -185,7 +185,7 @@ class SqliteStore:
         self, conn: aiosqlite.Connection, events: list[UsageEvent], ingested_at_ms: int
     ) -> BatchFold:
         """Insert new events (and their unknown customers); return their aggregate deltas."""
-        first_seq = await _max(conn, "seq") + 1
+        first_seq = await _scalar(conn, "SELECT MAX(seq) FROM events") + 1
         batch = BatchFold(self._meters.values(), self._bucket_ms)
         rows = []
         # A new customer exists from its earliest event, so its first period covers it.
@@ -515,9 +515,9 @@ async def _rollback(conn: aiosqlite.Connection) -> None:
             _log.debug("rollback after a failed transaction also failed", exc_info=True)
 
 
-async def _max(conn: aiosqlite.Connection, column: str) -> int:
-    """MAX(column) of the events (an index or rowid seek); 0 when there are none."""
-    rows = await conn.execute_fetchall(f"SELECT MAX({column}) FROM events")
+async def _scalar(conn: aiosqlite.Connection, sql: str) -> int:
+    """The integer the query yields (MAX over an index or the rowid: a seek); 0 for NULL."""
+    rows = await conn.execute_fetchall(sql)
     return int(next(iter(rows))[0] or 0)
 
 
@@ -573,6 +573,9 @@ async def _migrate(conn: aiosqlite.Connection, now_ms: int) -> None:
         " name TEXT NOT NULL, applied_at_ms INTEGER NOT NULL) STRICT"
     )
     known = _migrations()
+    newest = await _scalar(conn, "SELECT MAX(version) FROM schema_migrations")
+    if known and newest > known[-1][0]:  # leave a newer meterproxy's file untouched
+        raise StoreError(f"the database has schema version {newest}, newer than this meterproxy")
     for version, name, sql in known:
         await conn.execute("BEGIN IMMEDIATE")
         try:
@@ -590,14 +593,6 @@ async def _migrate(conn: aiosqlite.Connection, now_ms: int) -> None:
         except BaseException:
             await _rollback(conn)
             raise
-    newest = await _max_version(conn)
-    if known and newest > known[-1][0]:
-        raise StoreError(f"the database has schema version {newest}, newer than this meterproxy")
-
-
-async def _max_version(conn: aiosqlite.Connection) -> int:
-    rows = await conn.execute_fetchall("SELECT MAX(version) FROM schema_migrations")
-    return int(next(iter(rows))[0] or 0)
 
 
 def _statements(script: str) -> Iterable[str]:
