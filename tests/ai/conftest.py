@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from billing.meters import quantity
+from billing.pricing import price_line
 from proxy.config import Config, load_config
 from tests.ai.upstream import AiUpstream
 from tests.conftest import ADMIN_TOKEN, AUTH, Running, StartProxy
@@ -57,9 +58,11 @@ class Example:
 
     async def wait_for_events(self, event_name: str, count: int) -> list[dict[str, Any]]:
         """Poll until `count` events of that name are stored (the exchange has ended)."""
-        while len(events := await self.events(event_name)) < count:
+        while True:
+            events = await self.events(event_name)
+            if len(events) >= count:
+                return events
             await asyncio.sleep(0.01)
-        return events
 
     async def quantities(self) -> dict[str, Decimal]:
         """Every meter's quantity for `acme` over all time, from the store's aggregates."""
@@ -70,6 +73,15 @@ class Example:
             aggregate = await store.meter_aggregate(meter.name, CUSTOMER, 0, FOREVER_MS)
             out[meter.name] = quantity(meter.aggregation, aggregate)
         return out
+
+    async def amounts(self) -> dict[str, Decimal]:
+        """Each price line of the config's only plan for `acme`'s usage so far."""
+        [plan] = self.running.mp.config.plans
+        quantities = await self.quantities()
+        return {
+            price.meter: price_line(price, quantities[price.meter], plan.currency)[0].amount
+            for price in plan.prices
+        }
 
 
 StartExample = Callable[..., Awaitable[Example]]
@@ -99,3 +111,11 @@ async def issue_key(running: Running, customer: str) -> str:
     async with running.session.post(url, headers=AUTH) as response:
         assert response.status == 201, await response.text()
         return str((await response.json())["key"])
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll until `condition()` holds: for states nothing signals (pytest-timeout bounds it)."""
+    while True:
+        if condition():
+            return
+        await asyncio.sleep(0.005)

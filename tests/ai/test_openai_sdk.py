@@ -31,8 +31,9 @@ async def openai_example(start_example: StartExample) -> Example:
 
 @pytest.fixture
 async def client(openai_example: Example) -> AsyncIterator[AsyncOpenAI]:
-    sdk = AsyncOpenAI(api_key=openai_example.key, base_url=f"{openai_example.url}/v1",
-                      max_retries=0)
+    sdk = AsyncOpenAI(
+        api_key=openai_example.key, base_url=f"{openai_example.url}/v1", max_retries=0
+    )
     yield sdk
     await sdk.close()
 
@@ -99,9 +100,7 @@ async def test_chat_stream_without_usage_records_no_tokens_rather_than_zero(
 
 
 @pytest.mark.parametrize("tokens", USAGES)
-async def test_responses_json(
-    openai_example: Example, client: AsyncOpenAI, tokens: Tokens
-) -> None:
+async def test_responses_json(openai_example: Example, client: AsyncOpenAI, tokens: Tokens) -> None:
     openai_example.upstream.tokens = tokens
     response = await client.responses.create(model=MODEL, input="Say hello")
     assert response.usage is not None and response.output_text == "Hello!"
@@ -133,6 +132,18 @@ async def test_usage_accumulates_over_exchanges_of_both_apis_and_shapes(
     openai_example.upstream.tokens = third
     await client.responses.create(model=MODEL, input="Say hello")
     assert await openai_example.quantities() == expected_quantities(first, second, third)
+
+
+async def test_the_plan_bills_every_token_once(
+    openai_example: Example, client: AsyncOpenAI
+) -> None:
+    openai_example.upstream.tokens = Tokens(input=1_200_000, output=500_000, cached=1_000_000)
+    await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert await openai_example.amounts() == {
+        "openai_uncached_input_tokens": Decimal("0.50"),  # 0.2M x $2.50
+        "openai_cached_input_tokens": Decimal("1.25"),  # 1M x $1.25
+        "openai_output_tokens": Decimal("5.00"),  # 0.5M x $10
+    }
 
 
 async def _assert_responses_usage(example: Example, reported: Any, tokens: Tokens) -> None:

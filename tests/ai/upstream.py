@@ -79,7 +79,9 @@ class AiUpstream:
         if not body.get("stream"):
             text = "".join(self.pieces)
             return web.json_response(wire.openai_response_body(model, self.tokens, text))
-        return await self._stream(request, wire.openai_response_frames(model, self.tokens, self.pieces))
+        return await self._stream(
+            request, wire.openai_response_frames(model, self.tokens, self.pieces)
+        )
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         body = await self._request(request)
@@ -97,6 +99,8 @@ class AiUpstream:
         if method == "generateContent":
             text = "".join(self.pieces)
             return web.json_response(wire.gemini_body(model, self.tokens, text, self.tokens.output))
+        if method == "countTokens":
+            return web.json_response({"totalTokens": self.tokens.input})
         if method == "streamGenerateContent" and request.query.get("alt") == "sse":
             frames = wire.gemini_frames(model, self.tokens, self.pieces)
             return await self._stream(request, frames, "text/event-stream")

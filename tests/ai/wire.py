@@ -80,9 +80,7 @@ def _chat_chunk(model: str, choices: list[Any], usage: object = None) -> dict[st
 def openai_chat_frames(model: str, tokens: Tokens | None, pieces: list[str]) -> list[bytes]:
     """A streamed completion; `tokens` None: the client did not ask for usage."""
     deltas = [{"role": "assistant", "content": ""}] + [{"content": p} for p in pieces]
-    chunks = [
-        _chat_chunk(model, [{"index": 0, "delta": d, "finish_reason": None}]) for d in deltas
-    ]
+    chunks = [_chat_chunk(model, [{"index": 0, "delta": d, "finish_reason": None}]) for d in deltas]
     chunks.append(_chat_chunk(model, [{"index": 0, "delta": {}, "finish_reason": "stop"}]))
     if tokens is not None:  # stream_options.include_usage: one more chunk, with no choices
         chunks.append(_chat_chunk(model, [], openai_chat_usage(tokens)))
@@ -241,11 +239,14 @@ def gemini_body(model: str, tokens: Tokens, text: str, candidates: int | None) -
     }
 
 
-def gemini_frames(model: str, tokens: Tokens, pieces: list[str]) -> list[bytes]:
-    """`alt=sse` chunks, CRLF-delimited; every chunk has usageMetadata, the last one final."""
+def gemini_frames(
+    model: str, tokens: Tokens, pieces: list[str], newline: bytes = b"\r\n"
+) -> list[bytes]:
+    """`alt=sse` chunks (CRLF-delimited, as Google sends them); every chunk has
+    usageMetadata, and only the last one has the final output count."""
     last = len(pieces) - 1
     return [
-        sse(gemini_body(model, tokens, p, tokens.output if i == last else None), newline=b"\r\n")
+        sse(gemini_body(model, tokens, p, tokens.output if i == last else None), newline=newline)
         for i, p in enumerate(pieces)
     ]
 
