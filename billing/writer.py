@@ -114,6 +114,7 @@ class EventWriter:
         self._retry_max_s = retry_max_s
         self._queue: deque[_Submission] = deque()
         self._queued = 0  # events in the queue
+        self._durable_queued = 0  # queued submissions that someone awaits: flush at once
         self._in_flight: list[_Submission] = []  # the flush being stored
         self._in_flight_count = 0  # events in _in_flight
         self._failing = False
@@ -176,7 +177,9 @@ class EventWriter:
         was_empty = not self._queue
         self._queue.append(submission)
         self._queued += len(submission.events)
-        if was_empty or self._queued >= self._max_batch:
+        if submission.future is not None:
+            self._durable_queued += 1
+        if was_empty or submission.future is not None or self._queued >= self._max_batch:
             self._wake.set()
 
     # ------------------------------------------------------------------- the loop
@@ -227,7 +230,13 @@ class EventWriter:
             return True
         if not self._queue:
             return False
-        return self._queued >= self._max_batch or now >= self._queue[0].queued_at + self._interval_s
+        # Someone awaits durability (ingest, strict mode): flush now. Submissions that
+        # arrive while this flush runs share the next one, so commits still group.
+        return (
+            self._durable_queued > 0
+            or self._queued >= self._max_batch
+            or now >= self._queue[0].queued_at + self._interval_s
+        )
 
     def _take(self) -> list[_Submission]:
         """Whole submissions from the front, up to max_batch events (at least one)."""
@@ -237,6 +246,8 @@ class EventWriter:
             submission = self._queue.popleft()
             taken.append(submission)
             count += len(submission.events)
+            if submission.future is not None:
+                self._durable_queued -= 1
         self._queued -= count
         self._in_flight, self._in_flight_count = taken, count
         return taken

@@ -143,6 +143,15 @@ async def test_submit_durable_resolves_after_the_commit(store: SqliteStore) -> N
     assert recorder.outcomes == {("tokens", "api", "stored"): 3, ("tokens", "api", "duplicate"): 1}
 
 
+async def test_durable_submissions_do_not_wait_for_the_interval(store: SqliteStore) -> None:
+    writer = EventWriter(store, LONG_MS)
+    async with running(writer):
+        writer.submit(events("q", 2))  # queued for the (long) interval
+        result = await writer.submit_durable(events("d", 1))  # would hang until LONG_MS
+    assert result.stored == (True,)
+    assert len(await store.list_events(limit=10)) == 3  # the queued events rode along
+
+
 async def test_the_observer_hears_flushes_outcomes_and_skips(store: SqliteStore) -> None:
     recorder = Recorder()
     writer = EventWriter(store, LONG_MS, observer=recorder)
@@ -164,11 +173,15 @@ async def test_the_observer_hears_flushes_outcomes_and_skips(store: SqliteStore)
 
 
 async def test_close_flushes_everything_then_run_returns(store: SqliteStore) -> None:
-    writer = EventWriter(store, LONG_MS)
+    slow = FlakyStore(store)
+    slow.gate.clear()  # hold the first flush so that more events queue behind it
+    writer = EventWriter(slow, LONG_MS)
     task = asyncio.create_task(writer.run())
-    writer.submit(events("e", 10))
     durable = asyncio.create_task(writer.submit_durable(events("d", 3)))
-    await until(lambda: writer.pending == 13)
+    await until(lambda: slow.calls == 1)
+    writer.submit(events("e", 10))
+    assert writer.pending == 13
+    slow.gate.set()
     assert await writer.close(timeout=5) == 0
     await asyncio.wait_for(task, 5)
     assert (await durable).stored_count == 3
@@ -195,7 +208,9 @@ async def test_close_gives_up_after_its_timeout_when_the_store_stays_down(
 
 
 async def test_cancelling_the_loop_fails_durable_waiters(store: SqliteStore) -> None:
-    writer = EventWriter(store, LONG_MS)
+    stuck = FlakyStore(store)
+    stuck.gate.clear()  # the flush never completes: the durable submitter is still waiting
+    writer = EventWriter(stuck, LONG_MS)
     async with running(writer):
         durable = asyncio.create_task(writer.submit_durable(events("d", 2)))
         await until(lambda: writer.pending == 2)
