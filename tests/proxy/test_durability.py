@@ -62,7 +62,7 @@ async def test_a_store_that_cannot_take_the_events_cuts_the_response(
             return await r.read()
 
     gated = asyncio.ensure_future(call())
-    while not up.seen:  # admitted: the upstream holds the stream open on its gate
+    while not up.seen:  # noqa: ASYNC110 - admitted: the upstream holds the stream on its gate
         await asyncio.sleep(0.005)
     await running.mp.writer.close(timeout=1)  # from now on the writer refuses events
     up.gate.set()
