@@ -51,9 +51,7 @@ def batch_bodies(batches: int, run: str | None = None) -> list[bytes]:
     run = run or uuid.uuid4().hex[:12]
     stamp = format_timestamp(now_ms())
     return [
-        json.dumps(
-            {"events": [event(run, b * BATCH + i, stamp) for i in range(BATCH)]}
-        ).encode()
+        json.dumps({"events": [event(run, b * BATCH + i, stamp) for i in range(BATCH)]}).encode()
         for b in range(batches)
     ]
 

@@ -1,5 +1,6 @@
 """Child processes of the benchmark: start pinned to a CPU set, wait for a port, read
-RSS, stop. Every process started here is stopped by the `Processes` that started it."""
+RSS and CPU time, stop. Every process started here is stopped by the `Processes` that
+started it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -27,6 +30,20 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise OSError(f"no VmRSS for process {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by `pid`, its threads and its live child
+    processes (nginx's worker); OSError when `pid` is gone."""
+    proc = Path(f"/proc/{pid}")
+    # Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+    fields = (proc / "stat").read_text().rpartition(")")[2].split()
+    total = (int(fields[11]) + int(fields[12])) / _TICKS
+    for task in proc.glob("task/*/children"):
+        for child in task.read_text().split():
+            with contextlib.suppress(OSError):  # a child may end meanwhile
+                total += cpu_seconds(int(child))
+    return total
 
 
 def cpu_split() -> tuple[frozenset[int], frozenset[int]]:

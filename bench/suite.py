@@ -100,6 +100,7 @@ async def _http(plan: Plan, fleet: Fleet, load: LoadGenerator, out: Outcome) -> 
     for connections in (32, 256):
         found = await calls.interleaved(load, fleet.targets, plan.rounds, connections, plan.seconds)
         out.rows.append(calls.throughput_row(connections, found))
+        out.rows.append(calls.cpu_row(connections, found))
         _count(out, found, f"throughput at {connections} connections")
     found = await calls.interleaved(load, fleet.targets, plan.rounds, 1, plan.seconds)
     out.rows.extend(calls.latency_rows(found))
@@ -107,16 +108,14 @@ async def _http(plan: Plan, fleet: Fleet, load: LoadGenerator, out: Outcome) -> 
 
 
 def _count(out: Outcome, found: calls.Results, what: str) -> None:
-    out.served += sum(r.requests for r in found["meterproxy"])
+    out.served += sum(r.load.requests for r in found["meterproxy"])
     note = calls.errors_note(found, what)
     if note:
         out.notes.append(note)
 
 
 async def _sse(plan: Plan, fleet: Fleet, out: Outcome) -> None:
-    found = await sse.measure(
-        fleet.targets, plan.sse_rounds, plan.sse_events, plan.sse_interval_us
-    )
+    found = await sse.measure(fleet.targets, plan.sse_rounds, plan.sse_events, plan.sse_interval_us)
     out.rows.extend(sse.rows(found, plan.sse_events))
 
 
