@@ -24,7 +24,7 @@ def test_rules_meters_plans_and_billing_are_the_references(
 ) -> None:
     bench = _load(CONFIG, monkeypatch, tmp_path)
     reference = _load(REFERENCE, monkeypatch, tmp_path)
-    assert bench.rules == reference.rules
+    assert bench.rules.rules == reference.rules.rules
     assert [m.fingerprint() for m in bench.meters] == [m.fingerprint() for m in reference.meters]
     assert bench.plans == reference.plans
     assert bench.billing == reference.billing
