@@ -140,3 +140,14 @@ async def test_the_plan_bills_every_token_once(
         "anthropic_cache_write_input_tokens": Decimal("1.50"),  # 0.4M x $3.75
         "anthropic_output_tokens": Decimal("1.50"),  # 0.1M x $15
     }
+
+
+async def test_the_x_api_key_header_identifies_the_customer(anthropic_example: Example) -> None:
+    headers = {"x-api-key": anthropic_example.key, "anthropic-version": "2023-06-01"}
+    body = {"model": MODEL, "max_tokens": 64, "messages": MESSAGES}
+    url = f"{anthropic_example.url}/v1/messages"
+    async with anthropic_example.running.session.post(url, json=body, headers=headers) as r:
+        assert r.status == 200
+    assert anthropic_example.upstream.customers == ["acme"]
+    output = (await anthropic_example.quantities())["anthropic_output_tokens"]
+    assert output == anthropic_example.upstream.tokens.output

@@ -37,6 +37,8 @@ class Pacing:
 
 @dataclass
 class AiUpstream:
+    """Answers every call with `tokens` as its usage and `pieces` as its text."""
+
     tokens: Tokens = field(default_factory=lambda: Tokens(input=120, output=48, cached=64))
     pieces: list[str] = field(default_factory=lambda: ["Hel", "lo", "!"])
     repeat_input_in_delta: bool = False  # Anthropic: message_delta repeats the input counts
