@@ -2,6 +2,7 @@
 
 Label children whose values come from the configuration (rule names, meter names,
 event names) are created once here, so the request path does dict lookups only.
+Usage per meter and statements come from the store at scrape time (usage_metrics.py).
 """
 
 from __future__ import annotations
@@ -9,9 +10,20 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 from proxy.version import __version__
+
+# meterproxy is the only exporter in its process; a `_created` series beside every
+# counter child would double the series count for a timestamp nobody queries.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 OTHER = "__other__"
 NO_RULE = "__none__"
@@ -29,6 +41,8 @@ PROXY_ERRORS = (
     "upstream_broken",
     "store_unavailable",
     "bad_request",
+    "client_timeout",
+    "too_many_connections",
 )
 LATENCY_BUCKETS = (
     0.00005,
@@ -61,7 +75,10 @@ def status_class(status: int | None) -> str:
 
 @dataclass
 class Metrics:
-    """Every meterproxy metric, registered on `registry`."""
+    """Every meterproxy metric pushed by the code, registered on `registry`.
+
+    `count_*` helpers are the hot path: they look up children created at load time.
+    """
 
     registry: CollectorRegistry
     rule_names: Iterable[str] = ()
@@ -78,80 +95,78 @@ class Metrics:
         self.meter_names = tuple(self.meter_names)
         self.requests = Counter(
             "meterproxy_requests",
-            "Proxied exchanges, once per matching rule",
+            "Proxied exchanges, counted once per matching rule (rule=__none__: no rule matched)",
             ["rule", "status_class"],
             registry=r,
         )
         self.request_duration = Histogram(
             "meterproxy_request_duration_seconds",
-            "Duration of proxied exchanges",
+            "Duration of proxied exchanges in seconds, one observation per exchange",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.overhead = Histogram(
             "meterproxy_overhead_seconds",
-            "Time meterproxy adds to an exchange (total minus waiting on the upstream)",
+            "Seconds meterproxy adds to an exchange: its duration minus the time spent "
+            "waiting on the upstream or the client",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.events = Counter(
             "meterproxy_events",
-            "Usage events by name, source and outcome",
+            "Usage events by event name, source (proxy|api) and outcome "
+            "(stored|duplicate|rejected|dropped)",
             ["event_name", "source", "outcome"],
             registry=r,
         )
         self.store_pending = Gauge(
             "meterproxy_store_pending_events",
-            "Events waiting to be written",
+            "Events accepted but not yet written to the store",
             registry=r,
         )
         self.store_flush = Histogram(
             "meterproxy_store_flush_seconds",
-            "Duration of one group commit",
+            "Seconds one group commit of events took",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.store_flush_errors = Counter(
             "meterproxy_store_flush_errors",
-            "Group commits that failed (retried)",
+            "Group commits that failed (the events stay queued and are retried)",
             registry=r,
         )
         self.meter_skipped = Counter(
             "meterproxy_meter_skipped_events",
-            "Events left out of a meter because the key was missing or not numeric",
+            "Events left out of a meter because its key was missing or not numeric",
             ["meter", "reason"],
             registry=r,
         )
         self.rule_errors = Counter(
             "meterproxy_rule_errors",
-            "Rule values that could not be read",
+            "Rule metadata values that could not be read, by rule and reason",
             ["rule", "reason"],
             registry=r,
         )
         self.unidentified = Counter(
             "meterproxy_unidentified_requests",
-            "Requests whose customer was not found",
+            "Requests whose customer could not be identified",
             registry=r,
         )
         self.proxy_errors = Counter(
             "meterproxy_proxy_errors",
-            "Responses meterproxy made itself, by reason",
+            "Responses meterproxy made itself instead of the upstream, by reason",
             ["reason"],
-            registry=r,
-        )
-        self.statements = Counter(
-            "meterproxy_statements",
-            "Statements written, by status",
-            ["status"],
             registry=r,
         )
         self.build_info = Gauge(
             "meterproxy_build_info",
-            "meterproxy version",
+            "Always 1; the version label says which meterproxy is running",
             ["version"],
             registry=r,
         )
         self.build_info.labels(__version__).set(1)
+        # CPU, memory and file descriptors of meterproxy itself (Linux /proc).
+        ProcessCollector(registry=r)
         self._precreate()
 
     def add_names(self, rule_names: Iterable[str], event_names: Iterable[str]) -> None:
@@ -176,8 +191,6 @@ class Metrics:
                 self.meter_skipped.labels(meter, reason)
         for reason in PROXY_ERRORS:
             self.proxy_errors.labels(reason)
-        for status in ("draft", "final"):
-            self.statements.labels(status)
 
     # -- hot-path helpers: lookups of pre-created children
     def count_request(self, rule: str, status_cls: str) -> None:
@@ -187,6 +200,7 @@ class Metrics:
         self._rule_errors[rule, reason].inc()
 
     def count_events(self, event_name: str, source: str, outcome: str, n: int = 1) -> None:
+        """Count n events; an event name no rule or meter uses counts as `__other__`."""
         key = (event_name if event_name in self.event_names else OTHER, source, outcome)
         self._events[key].inc(n)
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-
 from billing.writer import OutcomeCounts
 from proxy.metrics import Metrics
 
-log = logging.getLogger("meterproxy.store")
-
 
 class MetricsObserver:
+    """Turns what the writer reports into store-health and event-outcome metrics.
+
+    It does not log: the writer logs each failed flush itself, with its retry delay.
+    """
+
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
@@ -19,7 +20,6 @@ class MetricsObserver:
 
     def on_flush_error(self, exc: Exception) -> None:
         self.metrics.store_flush_errors.inc()
-        log.error("storing events failed, will retry: %s", exc)
 
     def on_stored(self, counts: OutcomeCounts) -> None:
         for (event_name, source, outcome), n in counts.items():
