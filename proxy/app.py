@@ -23,8 +23,9 @@ from billing.events import now_ms
 from billing.store.sqlite import SqliteStore
 from billing.writer import EventWriter
 from proxy.admin.routes import build_admin_app, build_metrics_app
-from proxy.config import Config, Listen
+from proxy.config import Config, Listen, ProxySettings
 from proxy.forward import Forwarder
+from proxy.listener import ProxyServer
 from proxy.metrics import Metrics
 from proxy.observer import MetricsObserver
 from proxy.state import KeySource, ProxyState
@@ -68,6 +69,7 @@ class MeterProxy:
         )
         self.metrics.store_pending.set_function(lambda: self.writer.pending)
         self.key_source = KeySource()
+        self._drains = asyncio.Semaphore(config.proxy.max_concurrent_drains)
         self.draining = False
         self.ready = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -88,7 +90,7 @@ class MeterProxy:
         proxy = self.config.proxy
         await self._listen(
             "proxy",
-            _proxy_runner(self.forwarder, proxy.shutdown_timeout_s, proxy.access_log),
+            _proxy_runner(self.forwarder, proxy, self.metrics),
             proxy.listen,
         )
         await self._listen(
@@ -112,6 +114,7 @@ class MeterProxy:
             writer=self.writer,
             session=self._session,
             key_source=self.key_source,
+            drains=self._drains,
         )
 
     async def _listen(self, name: str, runner: web.BaseRunner, listen: Listen) -> None:
@@ -141,6 +144,10 @@ class MeterProxy:
             for name, changed in (
                 ("proxy.listen", old.proxy.listen != new.proxy.listen),
                 ("proxy.upstream", old.proxy.upstream != new.proxy.upstream),
+                (
+                    "proxy.max_concurrent_drains",
+                    old.proxy.max_concurrent_drains != new.proxy.max_concurrent_drains,
+                ),
                 ("admin.listen", old.admin.listen != new.admin.listen),
                 ("metrics", old.metrics != new.metrics),
                 ("storage", old.storage != new.storage),
@@ -232,10 +239,19 @@ def _upstream_session(config: Config) -> aiohttp.ClientSession:
 
 
 def _proxy_runner(
-    forwarder: Forwarder, shutdown_timeout: float, access_log: bool
+    forwarder: Forwarder, settings: ProxySettings, metrics: Metrics
 ) -> web.ServerRunner:
-    server = web.Server(
+    server = ProxyServer(
         forwarder,
-        access_log=logging.getLogger("meterproxy.access") if access_log else None,
+        max_connections=settings.max_connections,
+        on_refused=lambda: metrics.count_proxy_error("too_many_connections"),
+        on_bad_request=lambda: metrics.count_proxy_error("bad_request"),
+        # A connection that completes no request within this time (slowloris) is closed.
+        keepalive_timeout=settings.client_timeout_s,
+        # After an early answer (413, 408) aiohttp keeps reading the unread body for this
+        # long so the client sees the answer rather than a reset; a stalled client must
+        # not hold the connection for long.
+        lingering_time=min(2.0, settings.client_timeout_s),
+        access_log=logging.getLogger("meterproxy.access") if settings.access_log else None,
     )
-    return web.ServerRunner(server, shutdown_timeout=shutdown_timeout)
+    return web.ServerRunner(server, shutdown_timeout=settings.shutdown_timeout_s)

@@ -65,6 +65,7 @@ class ProxySettings:
     trusted_proxies: tuple[IpNetwork, ...]
     connect_timeout_s: float
     read_timeout_s: float
+    client_timeout_s: float  # idle client connection / next chunk of a request body
     max_request_body: int
     inspect_body_limit: int
     strip_response_headers: tuple[HeaderGlob, ...]
@@ -184,6 +185,7 @@ def _parse_proxy(s: Section) -> ProxySettings:
         trusted_proxies=_networks(s),
         connect_timeout_s=timeouts.duration_ms("connect", 5_000) / 1000,
         read_timeout_s=timeouts.duration_ms("read", 300_000) / 1000,
+        client_timeout_s=timeouts.duration_ms("client", 60_000) / 1000,
         max_request_body=s.size("max_request_body", 100_000_000),
         inspect_body_limit=s.size("inspect_body_limit", 1_000_000),
         strip_response_headers=_header_globs(s),

@@ -5,6 +5,7 @@ Hierarchy (translated to HTTP at the edge, never leaking aiohttp.ClientError):
       UpstreamUnreachable   -> 502 (refused, reset before a response, malformed response)
       UpstreamTimeout       -> 504 (connect or read timeout before a response)
       BodyTooLarge          -> 413
+      RequestTimeout        -> 408 (the client stalled while sending its body)
 """
 
 from __future__ import annotations
@@ -58,3 +59,9 @@ class BodyTooLarge(ProxyError):
     status = 413
     code = "request_too_large"
     reason = "body_too_large"
+
+
+class RequestTimeout(ProxyError):
+    status = 408
+    code = "request_timeout"
+    reason = "client_timeout"

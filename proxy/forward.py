@@ -23,6 +23,7 @@ from billing.writer import StoreUnavailable
 from proxy.errors import (
     BodyTooLarge,
     ProxyError,
+    RequestTimeout,
     UpstreamTimeout,
     UpstreamUnreachable,
     error_response,
@@ -96,7 +97,7 @@ class Forwarder:
         if is_websocket_upgrade(request):
             return await self._websocket(state, request, x, raw_path, timing)
         tap = self._request_tap(state, request, x)
-        body = self._body(state, request, x, tap) if request.body_exists else None
+        body = _RequestBody(state, request, x, tap) if request.body_exists else None
         try:
             upstream = await self._send(state, request, x, raw_path, body, timing)
         except ProxyError as exc:
@@ -153,28 +154,6 @@ class Forwarder:
 
     # ------------------------------------------------------------------ request
 
-    async def _body(
-        self, state: ProxyState, request: web.BaseRequest, x: Exchange, tap: BodyTap | None
-    ) -> AsyncIterator[bytes]:
-        """The client's body, streamed upstream chunk by chunk through the taps."""
-        if request.headers.get("expect", "").lower() == "100-continue":
-            # aiohttp pulls the first chunk only once the upstream sent its 100.
-            await request.writer.write(_CONTINUE)
-        limit = state.settings.max_request_body
-        complete = False
-        try:
-            async for chunk in request.content.iter_any():
-                x.request_bytes += len(chunk)
-                if x.request_bytes > limit:
-                    raise BodyTooLarge(_too_large_message(state))
-                if tap is not None:
-                    tap.feed(chunk)
-                yield chunk
-            complete = True
-        finally:
-            if tap is not None:
-                x.request_json = tap.finish(complete=complete)
-
     async def _websocket(
         self,
         state: ProxyState,
@@ -217,7 +196,7 @@ class Forwarder:
         request: web.BaseRequest,
         x: Exchange,
         raw_path: str,
-        body: AsyncIterator[bytes] | None,
+        body: _RequestBody | None,
         timing: _Timing,
     ) -> aiohttp.ClientResponse:
         headers = self._upstream_headers(state, request, x)
@@ -235,18 +214,18 @@ class Forwarder:
                 skip_auto_headers=_SKIP_AUTO_HEADERS,
                 timeout=state.timeout,
             )
-        except BodyTooLarge:
-            raise
         except (aiohttp.ConnectionTimeoutError, aiohttp.SocketTimeoutError, TimeoutError) as exc:
+            if body is not None and body.error is not None:
+                raise body.error from exc
             raise UpstreamTimeout(
                 f"the upstream did not answer in time ({exc.__class__.__name__})"
             ) from exc
         except aiohttp.ClientError as exc:
-            if isinstance(exc.__cause__, BodyTooLarge) or x.request_bytes > (
-                state.settings.max_request_body
-            ):
-                raise BodyTooLarge(_too_large_message(state)) from exc
+            if body is not None and body.error is not None:
+                raise body.error from exc
             raise UpstreamUnreachable(f"the upstream could not be reached: {_short(exc)}") from exc
+        except ProxyError:
+            raise
         finally:
             timing.waiting += time.perf_counter() - began
 
@@ -436,7 +415,11 @@ class Forwarder:
         state.metrics.count_proxy_error(exc.reason)
         x.candidates = []
         log.warning("%s %s: %s", x.method, x.path, exc, extra={"customer": x.customer_id})
-        return exc.response()
+        response = exc.response()
+        if isinstance(exc, BodyTooLarge | RequestTimeout):
+            # The rest of the body is unread (or never coming): end the connection.
+            response.force_close()
+        return response
 
     # ------------------------------------------------------------------- finish
 
@@ -472,6 +455,59 @@ class Forwarder:
         return state.rules.events(
             x, lambda rule, reason, key: _rule_error(state, rule, reason, key)
         )
+
+
+class _RequestBody:
+    """The client's body, streamed upstream chunk by chunk through the taps.
+
+    aiohttp's client consumes it; when the body has to stop (too large, the client
+    stalled), `error` says why, so the handler answers 413 or 408 rather than 502.
+    """
+
+    def __init__(
+        self, state: ProxyState, request: web.BaseRequest, x: Exchange, tap: BodyTap | None
+    ) -> None:
+        self.state = state
+        self.request = request
+        self.x = x
+        self.tap = tap
+        self.error: ProxyError | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        request, x, tap = self.request, self.x, self.tap
+        if request.headers.get("expect", "").lower() == "100-continue":
+            # aiohttp pulls the first chunk only once the upstream sent its 100.
+            await request.writer.write(_CONTINUE)
+        complete = False
+        try:
+            while chunk := await self._next():
+                x.request_bytes += len(chunk)
+                if x.request_bytes > self.state.settings.max_request_body:
+                    raise self._stop(BodyTooLarge(_too_large_message(self.state)))
+                if tap is not None:
+                    tap.feed(chunk)
+                yield chunk
+            complete = True
+        finally:
+            if tap is not None:
+                x.request_json = tap.finish(complete=complete)
+
+    async def _next(self) -> bytes:
+        idle = self.state.settings.client_timeout_s
+        try:
+            async with asyncio.timeout(idle):
+                return await self.request.content.readany()
+        except TimeoutError:
+            raise self._stop(
+                RequestTimeout(f"the client sent no body bytes for {idle:g}s")
+            ) from None
+
+    def _stop(self, error: ProxyError) -> ProxyError:
+        self.error = error
+        return error
 
 
 _SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})

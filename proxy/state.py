@@ -30,14 +30,13 @@ class ProxyState:
     writer: EventWriter
     session: aiohttp.ClientSession
     key_source: KeySource
-    drains: asyncio.Semaphore = field(init=False)
+    drains: asyncio.Semaphore  # shared across reloads, so drains in flight keep counting
     timeout: aiohttp.ClientTimeout = field(init=False)
     upstream_base: str = field(init=False)
     upstream_host: str | None = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.drains = asyncio.Semaphore(s.max_concurrent_drains)
         self.timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=s.connect_timeout_s, sock_read=s.read_timeout_s
         )
