@@ -29,6 +29,7 @@ from proxy.errors import (
     error_response,
 )
 from proxy.headers import client_response_headers, upstream_request_headers
+from proxy.logs import FirstTime, log_access
 from proxy.metrics import NO_RULE, status_class
 from proxy.state import ProxyState
 from proxy.websocket import is_websocket_upgrade, relay_websocket
@@ -65,12 +66,19 @@ class _Timing:
         self.start = time.perf_counter()
         self.waiting = 0.0
 
+    def overhead_s(self, now: float) -> float:
+        """Seconds of our own work until `now` (a time.perf_counter() reading)."""
+        return max(0.0, now - self.start - self.waiting)
+
 
 class Forwarder:
     """The proxy listener's request handler. `state` is swapped whole on reload."""
 
     def __init__(self, state: ProxyState) -> None:
         self.state = state
+        # A rule error recurs on every matching exchange: warn once per (rule, reason,
+        # field), then log at debug level; meterproxy_rule_errors_total counts them all.
+        self._rule_errors_seen = FirstTime()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         state = self.state
@@ -78,10 +86,12 @@ class Forwarder:
         raw_path = request.raw_path
         path, _, query = raw_path.partition("?")
         x = Exchange(request.method, path, normalize_path(path), query, request.headers, _now_ms())
+        response: web.StreamResponse | None = None
         try:
-            return await self._handle(state, request, x, raw_path, timing)
+            response = await self._handle(state, request, x, raw_path, timing)
+            return response
         finally:
-            self._finish(state, x, timing)
+            self._finish(state, x, timing, response)
 
     async def _handle(
         self,
@@ -244,7 +254,7 @@ class Forwarder:
         if x.customer_id is None and state.customers.response_sources:
             x.customer_id = identify_response(state.customers, upstream.headers)
         tap = self._response_tap(state, x, upstream)
-        response = self._client_response(state, upstream)
+        response = self._client_response(state, upstream, timing)
         try:
             await response.prepare(request)
         except ConnectionError:
@@ -268,9 +278,14 @@ class Forwarder:
         return paths.tap(headers.get("content-type"), headers.get("content-encoding"))
 
     def _client_response(
-        self, state: ProxyState, upstream: aiohttp.ClientResponse
+        self, state: ProxyState, upstream: aiohttp.ClientResponse, timing: _Timing
     ) -> RelayResponse:
         headers = client_response_headers(upstream.headers, state.settings.strip_response_headers)
+        if state.settings.server_timing:
+            # Headers leave before the body: this covers our work until the response headers
+            # (added beside any Server-Timing of the upstream's).
+            dur_ms = timing.overhead_s(time.perf_counter()) * 1000
+            headers.add("Server-Timing", f"meterproxy;dur={dur_ms:.3f}")
         absent = tuple(h for h in ("Content-Type", "Server") if h not in upstream.headers)
         return RelayResponse(upstream.status, upstream.reason, headers, absent)
 
@@ -359,7 +374,12 @@ class Forwarder:
             await state.writer.submit_durable(events)
             return True
         except StoreUnavailable:
-            log.error("strict durability: store unavailable, cutting %s %s", x.method, x.path)
+            log.error(
+                "strict durability: store unavailable, cutting %s %s",
+                x.method,
+                x.path,
+                extra=_lost(x, events),
+            )
             x.aborted = True
             _abort_client(request)
             return False
@@ -414,7 +434,13 @@ class Forwarder:
         """meterproxy's own answer: counted, and no rule emits for it."""
         state.metrics.count_proxy_error(exc.reason)
         x.candidates = []
-        log.warning("%s %s: %s", x.method, x.path, exc, extra={"customer": x.customer_id})
+        log.warning(
+            "%s %s: %s",
+            x.method,
+            x.path,
+            exc,
+            extra={"reason": exc.reason, "customer": x.customer_id},
+        )
         response = exc.response()
         if isinstance(exc, BodyTooLarge | RequestTimeout):
             # The rest of the body is unread (or never coming): end the connection.
@@ -423,22 +449,43 @@ class Forwarder:
 
     # ------------------------------------------------------------------- finish
 
-    def _finish(self, state: ProxyState, x: Exchange, timing: _Timing) -> None:
-        """Emit the exchange's events (unless strict mode did) and metrics. Never raises."""
-        total = time.perf_counter() - timing.start
+    def _finish(
+        self,
+        state: ProxyState,
+        x: Exchange,
+        timing: _Timing,
+        response: web.StreamResponse | None,
+    ) -> None:
+        """Emit the exchange's events (unless strict mode did), metrics and the access-log
+        line. `response` None: the handler ended without one (client gone). Never raises."""
+        now = time.perf_counter()
+        total = now - timing.start
         metrics = state.metrics
         metrics.request_duration.observe(total)
-        metrics.overhead.observe(max(0.0, total - timing.waiting))
-        if x.emitted:
-            return
-        x.duration_ms = int(total * 1000)
+        metrics.overhead.observe(timing.overhead_s(now))
+        if not x.emitted:
+            x.duration_ms = int(total * 1000)
+            self._emit(state, x)
+        if state.settings.access_log:
+            status = x.status if x.status is not None or response is None else response.status
+            log_access(x.method, x.path, status, _body_bytes(x, response), total, x.customer_id)
+
+    def _emit(self, state: ProxyState, x: Exchange) -> None:
         try:
-            state.writer.submit(self._events(state, x))
-        except StoreUnavailable:
-            log.error("store unavailable: events of %s %s not queued", x.method, x.path)
+            events = self._events(state, x)
         except Exception:  # a rule must never break proxying; count and log
-            log.exception("emitting events failed for %s %s", x.method, x.path)
-            metrics.count_rule_error(NO_RULE, "error")
+            log.exception("emitting events failed for %s %s", x.method, x.path, extra=_lost(x, []))
+            state.metrics.count_rule_error(NO_RULE, "error")
+            return
+        try:
+            state.writer.submit(events)
+        except StoreUnavailable:
+            log.error(
+                "store unavailable: events of %s %s not queued",
+                x.method,
+                x.path,
+                extra=_lost(x, events),
+            )
 
     def _events(self, state: ProxyState, x: Exchange) -> list[UsageEvent]:
         """Count the exchange per matching rule and build its events (none unidentified)."""
@@ -453,8 +500,24 @@ class Forwarder:
         if x.customer_id is None:
             return []
         return state.rules.events(
-            x, lambda rule, reason, key: _rule_error(state, rule, reason, key)
+            x, lambda rule, reason, key: self._rule_error(state, x, rule, reason, key)
         )
+
+    def _rule_error(self, state: ProxyState, x: Exchange, rule: str, reason: str, key: str) -> None:
+        state.metrics.count_rule_error(rule, reason)
+        first = self._rule_errors_seen.first((rule, reason, key))
+        level = logging.WARNING if first else logging.DEBUG
+        if log.isEnabledFor(level):
+            later = " (counted in meterproxy_rule_errors_total, logged at debug level)"
+            log.log(
+                level,
+                "rule %s: metadata %s: %s%s",
+                rule,
+                key,
+                reason,
+                later if first else "",
+                extra={"rule": rule, "field": key, "reason": reason, "customer": x.customer_id},
+            )
 
 
 class _RequestBody:
@@ -513,9 +576,16 @@ class _RequestBody:
 _SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
 
 
-def _rule_error(state: ProxyState, rule: str, reason: str, key: str) -> None:
-    state.metrics.count_rule_error(rule, reason)
-    log.debug("rule %s: metadata %s: %s", rule, key, reason)
+def _lost(x: Exchange, events: list[UsageEvent]) -> dict[str, Any]:
+    """Log context of an exchange whose events were not recorded."""
+    return {"customer": x.customer_id, "event_ids": [e.event_id for e in events]}
+
+
+def _body_bytes(x: Exchange, response: web.StreamResponse | None) -> int:
+    """Body bytes the client got: relayed ones, or the length of meterproxy's own answer."""
+    if x.status is not None or response is None:
+        return x.response_bytes
+    return response.content_length or 0
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:
