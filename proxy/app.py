@@ -125,7 +125,10 @@ class MeterProxy:
         server: Any = site._server  # the bound socket tells the real port when 0 was asked
         host, port = server.sockets[0].getsockname()[:2]
         self.addresses[name] = (host, port)
-        log.info("%s listening on http://%s:%d", name, host, port)
+        address = f"{host}:{port}"
+        log.info(
+            "%s listening on http://%s", name, address, extra={"listener": name, "address": address}
+        )
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
@@ -252,6 +255,7 @@ def _proxy_runner(
         # long so the client sees the answer rather than a reset; a stalled client must
         # not hold the connection for long.
         lingering_time=min(2.0, settings.client_timeout_s),
-        access_log=logging.getLogger("meterproxy.access") if settings.access_log else None,
+        # aiohttp's access log would print the query string; forward.py writes its own.
+        access_log=None,
     )
     return web.ServerRunner(server, shutdown_timeout=settings.shutdown_timeout_s)
