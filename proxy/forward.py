@@ -589,8 +589,11 @@ def _body_bytes(x: Exchange, response: web.StreamResponse | None) -> int:
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:
-    """An exception's text, cut: a malformed response can carry a megabyte of it."""
-    text = str(exc)
+    """An exception's text, cut: a malformed response can carry a megabyte of it.
+
+    Never the request URL: its query string may hold a key or token, and this text is logged.
+    """
+    text = exc.message if isinstance(exc, aiohttp.ClientResponseError) else str(exc)
     return text if len(text) <= limit else text[:limit] + "..."
 
 
