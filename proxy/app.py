@@ -115,6 +115,7 @@ class MeterProxy:
             session=self._session,
             key_source=self.key_source,
             drains=self._drains,
+            reject_when_full=config.storage.on_full == "reject",
         )
 
     async def _listen(self, name: str, runner: web.BaseRunner, listen: Listen) -> None:

@@ -142,7 +142,7 @@ class Forwarder:
         if declared is not None and declared > state.settings.max_request_body:
             return self._error(state, x, BodyTooLarge(_too_large_message(state)))
         x.candidates = state.rules.candidates(x.method, x.norm_path)
-        if x.candidates and not state.writer.accepting():
+        if x.candidates and state.reject_when_full and not state.writer.accepting():
             state.metrics.count_proxy_error("store_unavailable")
             x.candidates = []
             return error_response(

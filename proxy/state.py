@@ -31,6 +31,7 @@ class ProxyState:
     session: aiohttp.ClientSession
     key_source: KeySource
     drains: asyncio.Semaphore  # shared across reloads, so drains in flight keep counting
+    reject_when_full: bool = True  # storage.on_full: reject answers 503 before the upstream
     timeout: aiohttp.ClientTimeout = field(init=False)
     upstream_base: str = field(init=False)
     upstream_host: str | None = field(init=False)
