@@ -90,21 +90,15 @@ def log_access(
     `path` must come without its query string: a query may carry keys or tokens.
     `status` None means the exchange ended before any status was sent.
     """
-    duration_ms = round(duration_s * 1000, 3)
+    # The fields are the line: the text formatter shows them as key=value, JSON as keys.
     access_log.info(
-        "%s %s %s %d %.3fms %s",
-        method,
-        path,
-        status if status is not None else "-",
-        bytes_sent,
-        duration_ms,
-        customer or "-",
+        "exchange",
         extra={
             "method": method,
             "path": path,
             "status": status,
             "bytes": bytes_sent,
-            "duration_ms": duration_ms,
+            "duration_ms": round(duration_s * 1000, 3),
             "customer": customer,
         },
     )

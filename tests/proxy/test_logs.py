@@ -138,7 +138,12 @@ async def test_access_log_one_line_per_exchange_without_the_query(
     ]  # fmt: skip
     assert lines[1].__dict__["bytes"] > 0  # meterproxy's own JSON error body
     assert all(r.__dict__["duration_ms"] >= 0 for r in lines)
-    assert all(QUERY_SECRET not in r.getMessage() for r in lines)
+    text = TextFormatter().format(lines[0])
+    assert text.split(": ", 1)[1].startswith(
+        "exchange method=GET path=/v1/bytes/1234 status=200 bytes=1234 duration_ms="
+    )
+    assert text.endswith(" customer=acme")
+    assert QUERY_SECRET not in text
 
 
 async def test_a_rule_error_warns_once_with_its_context(
