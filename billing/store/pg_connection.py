@@ -35,8 +35,6 @@ class Connection(Protocol):
 
     async def execute(self, query: str, *args: Any) -> str: ...
 
-    async def executemany(self, command: str, args: Sequence[Sequence[Any]]) -> None: ...
-
     async def fetch(self, query: str, *args: Any) -> list[Row]: ...
 
     async def fetchrow(self, query: str, *args: Any) -> Row | None: ...
@@ -82,6 +80,9 @@ _UNREACHABLE = (
     asyncpg.AdminShutdownError,  # 57P01: the server is shutting down
     asyncpg.CrashShutdownError,  # 57P02
     asyncpg.CannotConnectNowError,  # 57P03: starting up or in recovery
+    # asyncpg's protocol state breaks when the server ends a session between two statements
+    # (seen after pg_terminate_backend); the pool replaces that connection.
+    asyncpg.InternalClientError,
 )
 
 
@@ -115,5 +116,6 @@ def redact(url: str) -> str:
     if parts.password is None:
         return url
     host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address
     netloc = f"{parts.username or ''}@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))

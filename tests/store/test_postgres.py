@@ -1,0 +1,214 @@
+"""What only the PostgreSQL engine promises: several replicas (here several PostgresStore
+objects with pools of their own) on one database, and a server that goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import Counter
+from collections.abc import AsyncIterator
+from importlib import resources
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from billing.store.base import AppendResult, Store, StoreError
+from billing.store.pg_connection import StoreUnreachable
+from billing.store.postgres import PostgresStore
+from tests.store.backends import PostgresBackend
+from tests.store.factories import BUCKET, METERS, event, opened
+
+
+@pytest.fixture
+async def pg() -> AsyncIterator[PostgresBackend]:
+    backend = PostgresBackend()
+    yield backend
+    await backend.dispose()
+
+
+@pytest.fixture
+async def url(pg: PostgresBackend) -> str:
+    return await pg.location()
+
+
+async def replicas(pg: PostgresBackend, url: str, n: int) -> list[Store]:
+    return [await opened(pg, url, now=i) for i in range(n)]
+
+
+async def close_all(stores: list[Store]) -> None:
+    for store in stores:
+        await store.close()
+
+
+async def test_concurrent_appends_keep_the_watermark_a_promise(
+    pg: PostgresBackend, url: str
+) -> None:
+    """Whenever a reader sees watermark W, every event that will ever have ingested_at <= W
+    is already visible: none commits later with a smaller stamp."""
+    a, b, reader = stores = await replicas(pg, url, 3)
+    observations: list[tuple[int, int]] = []  # (watermark, events visible at or below it)
+    done = asyncio.Event()
+
+    async def replica(store: Store, name: str) -> list[AppendResult]:
+        batches = [[event(f"{name}-{i}-{j}", f"c{j % 3}", n=1) for j in range(25)]
+                   for i in range(40)]
+        return [await store.append(batch, now_ms=1000) for batch in batches]
+
+    async def observe(conn: asyncpg.Connection) -> None:
+        while not done.is_set():
+            w = await reader.watermark()
+            visible = await conn.fetchval(
+                "SELECT count(*) FROM events WHERE ingested_at_ms <= $1", w)
+            observations.append((w, visible))
+
+    conn = await asyncpg.connect(url)
+    try:
+        watcher = asyncio.ensure_future(observe(conn))
+        results = await asyncio.gather(replica(a, "a"), replica(b, "b"))
+        done.set()
+        await watcher
+        stamps = [r.watermark for rs in results for r in rs]
+        assert sorted(stamps) == list(range(1000, 1080))  # one distinct stamp per append
+        for w, visible in observations:
+            later = await conn.fetchval(
+                "SELECT count(*) FROM events WHERE ingested_at_ms <= $1", w)
+            assert later == visible, w
+        assert len({w for w, _ in observations}) > 1  # the reader saw appends land
+        by_seq = await conn.fetch("SELECT ingested_at_ms FROM events ORDER BY seq")
+        assert [row[0] for row in by_seq] == sorted(row[0] for row in by_seq)
+        assert len(by_seq) == 2000
+    finally:
+        await conn.close()
+        await close_all(stores)
+
+
+async def test_replicas_appending_the_same_events_store_each_once(
+    pg: PostgresBackend, url: str
+) -> None:
+    stores = await replicas(pg, url, 2)
+    batches = [[event(f"e{i}-{j}", f"c{j % 4}", n=j) for j in range(20)] for i in range(30)]
+
+    async def replica(store: Store) -> list[AppendResult]:
+        return [await store.append(batch, now_ms=5) for batch in batches]
+
+    try:
+        results = await asyncio.gather(*(replica(s) for s in stores))
+        stored: Counter[str] = Counter()
+        for per_replica in results:
+            for batch, result in zip(batches, per_replica, strict=True):
+                stored.update(e.event_id for e, s in zip(batch, result.stored, strict=True) if s)
+        assert set(stored.values()) == {1} and len(stored) == 600
+        for customer in ("c0", "c1", "c2", "c3"):
+            agg = await stores[0].meter_aggregate("tokens_sum", customer, 0, BUCKET)
+            expected = sum(j for j in range(20) if f"c{j % 4}" == customer) * 30
+            assert agg is not None and (agg.count, agg.value) == (150, expected)
+    finally:
+        await close_all(stores)
+
+
+async def test_replicas_starting_together_migrate_and_rebuild_once(
+    pg: PostgresBackend, url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="billing.store.pg_schema")
+    caplog.set_level(logging.INFO, logger="billing.store.postgres")
+    stores = [PostgresStore(url, METERS, BUCKET, clock=lambda i=i: 100 + i) for i in range(3)]
+    try:
+        await asyncio.gather(*(s.open() for s in stores))
+        files = sorted(f.name for f in (resources.files("billing.store") / "pg_migrations")
+                       .iterdir() if f.name.endswith(".sql"))
+        recorded = await pg.rows(url, "SELECT version, name FROM schema_migrations ORDER BY 1")
+        assert recorded == [(int(f[:4]), f[5:-4]) for f in files]
+        messages = [r.message for r in caplog.records]
+        assert len([m for m in messages if m.startswith("applied schema migration")]) == len(files)
+        assert len([m for m in messages if m.startswith("rebuilding")]) == len(METERS)
+        assert len(set(await pg.rows(url, "SELECT built_at_ms FROM meter_state"))) == 1
+    finally:
+        await close_all(stores)
+
+
+async def test_appends_and_rebuilds_wait_for_the_counter_and_reads_do_not(
+    pg: PostgresBackend, url: str
+) -> None:
+    store = await opened(pg, url)
+    await store.append([event("before", n=1)], now_ms=10)
+    other = await asyncpg.connect(url)
+    try:
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("SELECT * FROM ingest_counter FOR UPDATE")  # another replica's append
+        append = asyncio.ensure_future(store.append([event("after", n=2)], now_ms=20))
+        rebuild = asyncio.ensure_future(store.rebuild_aggregates(["tokens_sum"]))
+        assert await asyncio.wait_for(store.watermark(), 10) == 10
+        agg = await asyncio.wait_for(store.meter_aggregate("tokens_sum", "c1", 0, BUCKET), 10)
+        assert agg is not None and agg.value == 1
+        assert not append.done() and not rebuild.done()
+        await tx.rollback()
+        assert (await append).watermark == 20
+        await rebuild
+        agg = await store.meter_aggregate("tokens_sum", "c1", 0, BUCKET)
+        assert agg is not None and agg.value == 3
+    finally:
+        await other.close()
+        await store.close()
+
+
+async def terminate_the_waiting_session(conn: asyncpg.Connection) -> None:
+    """End the session of this database that waits for a lock, once one does (polled: the
+    server tells no one when a session starts waiting)."""
+    for _ in range(3000):
+        if await conn.fetchval(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no session came to wait for the lock")
+
+
+async def test_a_connection_lost_mid_append_is_unreachable_and_the_pool_recovers(
+    pg: PostgresBackend, url: str
+) -> None:
+    store = await opened(pg, url)
+    other = await asyncpg.connect(url)
+    try:
+        await store.append([event("a", n=1)], now_ms=10)
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("SELECT * FROM ingest_counter FOR UPDATE")  # park the next append
+        append = asyncio.ensure_future(store.append([event("b", n=2)], now_ms=20))
+        await terminate_the_waiting_session(other)
+        with pytest.raises(StoreUnreachable):
+            await append
+        await tx.rollback()
+        assert (await store.append([event("b", n=2)], now_ms=30)).stored == (True,)
+        agg = await store.meter_aggregate("tokens_sum", "c1", 0, BUCKET)
+        assert agg is not None and agg.value == 3
+    finally:
+        await other.close()
+        await store.close()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens once the socket is closed
+
+
+async def test_no_server_is_unreachable_and_the_message_hides_the_password() -> None:
+    store = PostgresStore(f"postgresql://mp:s3cret@127.0.0.1:{closed_port()}/mp", METERS,
+                          BUCKET, connect_timeout_s=2)
+    with pytest.raises(StoreUnreachable) as caught:
+        await store.open()
+    assert "s3cret" not in str(caught.value)
+    assert "mp@127.0.0.1" in str(caught.value)
+    with pytest.raises(StoreError, match="not open"):
+        await store.append([event("a")], 1)
+
+
+async def test_a_refusing_server_is_a_store_error_not_an_outage(pg: PostgresBackend) -> None:
+    store = PostgresStore("postgresql://postgres@127.0.0.1:5432/no_such_database", METERS,
+                          BUCKET)
+    with pytest.raises(StoreError) as caught:
+        await store.open()
+    assert not isinstance(caught.value, StoreUnreachable)
