@@ -65,7 +65,8 @@ class AppendResult:
 
 @dataclass(frozen=True, slots=True)
 class Customer:
-    """A customer; `plan` None means the default plan, `deleted_at_ms` None means active."""
+    """A customer; `plan` is the plan assigned last (None: the default plan), which may not
+    be in force yet (the plan history is the ledger's); `deleted_at_ms` None means active."""
 
     customer_id: str
     created_at_ms: int
@@ -159,7 +160,9 @@ class Store(Protocol):
         """Customers ordered by id."""
 
     async def set_customer_plan(self, customer_id: str, plan: str | None, now_ms: int) -> Customer:
-        """Set the plan column (None: the default plan), creating the customer if unknown."""
+        """Give the customer `plan` from now_ms on (None: the default plan), creating the
+        customer if unknown. The admin API changes plans from the end of the current period
+        instead (`Ledger.assign_plan`, billing/store/ledger.py)."""
 
     async def add_key(
         self, customer_id: str, key_id: str, key_hash: bytes, prefix: str, now_ms: int

@@ -6,24 +6,21 @@ machine loses power, which would break "200 only once durable"; group commit pay
 once per flush, not once per event.
 
 Concurrency: writes go through one connection, one transaction at a time (an asyncio lock);
-reads use a second connection (each aiosqlite connection has its own thread), which WAL lets
-read a consistent snapshot while the writer commits. Another process (`meterproxy rebuild`)
-may open the same file: `busy_timeout` makes it wait for the write lock instead of failing.
+reads use two more connections, one of them for billing (billing/store/sqlite_conn.py; each
+aiosqlite connection has its own thread), which WAL lets read a consistent snapshot while the
+writer commits. Another process (`meterproxy rebuild`) may open the same file: `busy_timeout`
+makes it wait for the write lock instead of failing.
 
-The file must be a real path: ":memory:" would give the two connections two databases.
+The billing tables (plan history, credits, statements) are `SqliteLedger`'s, a base class.
+The file must be a real path: ":memory:" would give the connections separate databases.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import re
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
-from decimal import Decimal
-from importlib import resources
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import aiosqlite
@@ -46,22 +43,14 @@ from billing.store.base import (
     plan_read,
     with_rollups,
 )
+from billing.store.migrate import migrate
+from billing.store.sqlite_conn import aggregate_row as _aggregate
+from billing.store.sqlite_conn import scalar as _scalar
+from billing.store.sqlite_ledger import SqliteLedger
 
 _log = logging.getLogger(__name__)
 
 _REBUILD_BATCH = 10_000  # raw events read per query while rebuilding: bounds memory
-_BUSY_TIMEOUT_MS = 10_000
-_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-
-_WRITER_PRAGMAS = (
-    "PRAGMA journal_mode = WAL",
-    "PRAGMA synchronous = FULL",
-    "PRAGMA wal_autocheckpoint = 10000",  # 40 MB of WAL: checkpoints rarely block a commit
-    "PRAGMA foreign_keys = ON",
-    "PRAGMA cache_size = -65536",  # 64 MiB: keeps the hot ends of the event indexes cached
-    f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}",
-)
-_READER_PRAGMAS = ("PRAGMA query_only = ON", f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
 
 _EVENT_COLUMNS = (
     "seq, event_id, customer_id, event_name, timestamp_ms, metadata, source, ingested_at_ms"
@@ -106,8 +95,9 @@ _REBUILD_SCAN = """
     WHERE seq > ? AND event_name = ? ORDER BY seq LIMIT ?"""
 
 
-class SqliteStore:
-    """`Store` on one SQLite file; see the module docstring for durability and concurrency.
+class SqliteStore(SqliteLedger):
+    """`LedgerStore` on one SQLite file; see the module docstring for durability and
+    concurrency. The billing tables' methods come from `SqliteLedger`.
 
     `meters` are the configured meters; `bucket_ms` the aggregate bucket size (periods are
     read from whole buckets plus raw events at unaligned edges). `clock` (wall time in ms)
@@ -124,14 +114,10 @@ class SqliteStore:
     ) -> None:
         if bucket_ms <= 0:
             raise ValueError(f"bucket_ms must be positive, got {bucket_ms}")
-        self._path = path
+        super().__init__(path)
         self._meters = {meter.name: meter for meter in meters}
         self._bucket_ms = bucket_ms
         self._clock = clock
-        self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
-        self._write_lock = asyncio.Lock()
-        self._read_lock = asyncio.Lock()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -142,9 +128,8 @@ class SqliteStore:
         newer than this version knows.
         """
         try:
-            self._writer = await _connect(self._path, _WRITER_PRAGMAS)
-            await _migrate(self._writer, self._clock())
-            self._reader = await _connect(self._path, _READER_PRAGMAS)
+            await migrate(await self._open_writer(), self._clock())
+            await self._open_readers()
             await self._sync_meters()
         except sqlite3.Error as exc:
             await self.close()
@@ -152,13 +137,6 @@ class SqliteStore:
         except BaseException:
             await self.close()
             raise
-
-    async def close(self) -> None:
-        """Close both connections; safe to call twice or after a failed open."""
-        for conn in (self._reader, self._writer):
-            if conn is not None:
-                await conn.close()
-        self._reader = self._writer = None
 
     # -------------------------------------------------------------------- events
 
@@ -386,14 +364,8 @@ class SqliteStore:
         return [Customer(*row) for row in rows]
 
     async def set_customer_plan(self, customer_id: str, plan: str | None, now_ms: int) -> Customer:
-        """See `Store.set_customer_plan`."""
-        async with self._transaction() as conn:
-            await conn.execute(
-                "INSERT INTO customers (id, created_at_ms, plan) VALUES (?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET plan = excluded.plan",
-                (customer_id, now_ms, plan),
-            )
-            return await _customer(conn, customer_id)
+        """See `Store.set_customer_plan`: the plan applies from now_ms (`assign_plan`)."""
+        return await self.assign_plan(customer_id, plan, now_ms, now_ms)
 
     async def add_key(
         self, customer_id: str, key_id: str, key_hash: bytes, prefix: str, now_ms: int
@@ -446,79 +418,8 @@ class SqliteStore:
         rows = await self._read("SELECT version FROM key_version")
         return int(next(iter(rows))[0])
 
-    # -------------------------------------------------------------- connections
-
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction; rolled back on any error, sqlite errors as StoreError."""
-        conn = _opened(self._writer)
-        async with self._write_lock:
-            try:
-                await conn.execute("BEGIN IMMEDIATE")
-                yield conn
-                await conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                await _rollback(conn)
-                raise StoreError(f"{self._path}: {exc}") from exc
-            except BaseException:
-                await _rollback(conn)
-                raise
-
-    @asynccontextmanager
-    async def _snapshot(self) -> AsyncIterator[aiosqlite.Connection]:
-        """Several reads that see one committed state of the file."""
-        conn = _opened(self._reader)
-        async with self._read_lock:
-            try:
-                await conn.execute("BEGIN")
-                yield conn
-            except sqlite3.Error as exc:
-                raise StoreError(f"{self._path}: {exc}") from exc
-            finally:
-                await _rollback(conn)  # read-only: ending the snapshot is all it does
-
-    async def _read(self, sql: str, params: Iterable[Any] = ()) -> Iterable[sqlite3.Row]:
-        conn = _opened(self._reader)
-        async with self._read_lock:
-            try:
-                return await conn.execute_fetchall(sql, params)
-            except sqlite3.Error as exc:
-                raise StoreError(f"{self._path}: {exc}") from exc
-
 
 # ------------------------------------------------------------------- helpers
-
-
-def _opened(conn: aiosqlite.Connection | None) -> aiosqlite.Connection:
-    if conn is None:
-        raise StoreError("the store is not open")
-    return conn
-
-
-async def _connect(path: str, pragmas: Iterable[str]) -> aiosqlite.Connection:
-    # isolation_level=None: no implicit BEGIN; transactions are explicit and short.
-    conn = await aiosqlite.connect(path, isolation_level=None)
-    try:
-        for pragma in pragmas:
-            await conn.execute(pragma)
-    except BaseException:
-        await conn.close()
-        raise
-    return conn
-
-
-async def _rollback(conn: aiosqlite.Connection) -> None:
-    if conn.in_transaction:
-        try:
-            await conn.execute("ROLLBACK")
-        except sqlite3.Error:  # SQLite already rolled back (e.g. after a full disk)
-            _log.debug("rollback after a failed transaction also failed", exc_info=True)
-
-
-async def _scalar(conn: aiosqlite.Connection, sql: str) -> int:
-    """The integer the query yields (MAX over an index or the rowid: a seek); 0 for NULL."""
-    rows = await conn.execute_fetchall(sql)
-    return int(next(iter(rows))[0] or 0)
 
 
 async def _known_ids(conn: aiosqlite.Connection, event_ids: list[str]) -> set[str]:
@@ -537,71 +438,8 @@ async def _bump_key_version(conn: aiosqlite.Connection) -> None:
     await conn.execute("UPDATE key_version SET version = version + 1")
 
 
-def _aggregate(row: Sequence[Any]) -> Aggregate:
-    """An Aggregate from (count, value, last_ts_ms, last_seq) columns."""
-    return Aggregate(row[0], Decimal(row[1]), row[2], row[3])
-
-
 def _stored_event(row: Sequence[Any]) -> StoredEvent:
     seq, event_id, customer_id, event_name, ts_ms, metadata, source, ingested_at_ms = row
     event = UsageEvent(event_id, customer_id, event_name, ts_ms, decode_metadata(metadata),
                        cast(Source, source))
     return StoredEvent(event, seq, ingested_at_ms)
-
-
-# ---------------------------------------------------------------- migrations
-
-
-def _migrations() -> list[tuple[int, str, str]]:
-    """(version, name, sql) of the packaged migration files, in version order."""
-    found = []
-    for entry in (resources.files("billing.store") / "migrations").iterdir():
-        match = _MIGRATION_FILE.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), match.group(2), entry.read_text("utf-8")))
-    return sorted(found)
-
-
-async def _migrate(conn: aiosqlite.Connection, now_ms: int) -> None:
-    """Apply the migrations not applied yet, each in its own transaction with its record.
-
-    Raises StoreError when the file records a version this code does not know (a newer
-    meterproxy wrote it).
-    """
-    await conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
-        " name TEXT NOT NULL, applied_at_ms INTEGER NOT NULL) STRICT"
-    )
-    known = _migrations()
-    newest = await _scalar(conn, "SELECT MAX(version) FROM schema_migrations")
-    if known and newest > known[-1][0]:  # leave a newer meterproxy's file untouched
-        raise StoreError(f"the database has schema version {newest}, newer than this meterproxy")
-    for version, name, sql in known:
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Checked inside the transaction: another process may have just applied it.
-            if not await conn.execute_fetchall(
-                "SELECT 1 FROM schema_migrations WHERE version = ?", (version,)
-            ):
-                for statement in _statements(sql):
-                    await conn.execute(statement)
-                await conn.execute(
-                    "INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, now_ms)
-                )
-                _log.info("applied schema migration %04d_%s", version, name)
-            await conn.execute("COMMIT")
-        except BaseException:
-            await _rollback(conn)
-            raise
-
-
-def _statements(script: str) -> Iterable[str]:
-    """Split a migration into statements (executescript would commit our transaction)."""
-    pending = ""
-    for line in script.splitlines(keepends=True):
-        pending += line
-        if sqlite3.complete_statement(pending):
-            yield pending
-            pending = ""
-    if pending.strip():
-        yield pending  # trailing comments run as a no-op; a cut-off statement fails loudly

@@ -1,0 +1,145 @@
+"""The connections to one SQLite file, shared by every part of the SQLite engine.
+
+`SqliteFile` owns a writer connection (one transaction at a time, behind an asyncio lock) and
+two readers: one for events, keys and customers, one for billing. Each aiosqlite connection
+has its own thread and WAL gives each reader a consistent snapshot while the writer commits,
+so a period close reading ten thousand customers does not hold up event reads or key polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Any
+
+import aiosqlite
+
+from billing.meters import Aggregate
+from billing.store.base import StoreError
+
+_log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 10_000
+WRITER_PRAGMAS = (
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = FULL",
+    "PRAGMA wal_autocheckpoint = 10000",  # 40 MB of WAL: checkpoints rarely block a commit
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA cache_size = -65536",  # 64 MiB: keeps the hot ends of the event indexes cached
+    f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
+)
+READER_PRAGMAS = (
+    "PRAGMA query_only = ON",
+    "PRAGMA cache_size = -65536",
+    f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
+)
+
+
+class SqliteFile:
+    """Connections to the file at `path`; `open_connections` runs `prepare` on the writer
+    (migrations) before the readers open, so they never see a half-migrated schema."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._billing_reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+        self._read_lock = asyncio.Lock()
+        self._billing_lock = asyncio.Lock()
+
+    async def _open_writer(self) -> aiosqlite.Connection:
+        self._writer = await connect(self._path, WRITER_PRAGMAS)
+        return self._writer
+
+    async def _open_readers(self) -> None:
+        self._reader = await connect(self._path, READER_PRAGMAS)
+        self._billing_reader = await connect(self._path, READER_PRAGMAS)
+
+    async def close(self) -> None:
+        """Close every connection; safe to call twice or after a failed open."""
+        for conn in (self._billing_reader, self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._billing_reader = self._reader = self._writer = None
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; rolled back on any error, sqlite errors as StoreError."""
+        conn = opened(self._writer)
+        async with self._write_lock:
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                await conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                await rollback(conn)
+                raise StoreError(f"{self._path}: {exc}") from exc
+            except BaseException:
+                await rollback(conn)
+                raise
+
+    @asynccontextmanager
+    async def _snapshot(self, billing: bool = False) -> AsyncIterator[aiosqlite.Connection]:
+        """Several reads that see one committed state of the file (on the billing reader
+        when `billing`)."""
+        conn = opened(self._billing_reader if billing else self._reader)
+        async with self._billing_lock if billing else self._read_lock:
+            try:
+                await conn.execute("BEGIN")
+                yield conn
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self._path}: {exc}") from exc
+            finally:
+                await rollback(conn)  # read-only: ending the snapshot is all it does
+
+    async def _read(self, sql: str, params: Iterable[Any] = ()) -> Iterable[sqlite3.Row]:
+        conn = opened(self._reader)
+        async with self._read_lock:
+            try:
+                return await conn.execute_fetchall(sql, params)
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self._path}: {exc}") from exc
+
+
+def opened(conn: aiosqlite.Connection | None) -> aiosqlite.Connection:
+    """`conn`; StoreError when the store is not open."""
+    if conn is None:
+        raise StoreError("the store is not open")
+    return conn
+
+
+async def connect(path: str, pragmas: Iterable[str]) -> aiosqlite.Connection:
+    """A connection without implicit transactions (each is explicit and short)."""
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        for pragma in pragmas:
+            await conn.execute(pragma)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+async def rollback(conn: aiosqlite.Connection) -> None:
+    """End the open transaction, if any, without raising."""
+    if conn.in_transaction:
+        try:
+            await conn.execute("ROLLBACK")
+        except sqlite3.Error:  # SQLite already rolled back (e.g. after a full disk)
+            _log.debug("rollback after a failed transaction also failed", exc_info=True)
+
+
+async def scalar(conn: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> int:
+    """The integer the query yields (MAX over an index or the rowid: a seek); 0 for NULL."""
+    rows = await conn.execute_fetchall(sql, params)
+    return int(next(iter(rows))[0] or 0)
+
+
+def aggregate_row(row: Sequence[Any]) -> Aggregate:
+    """An Aggregate from (count, value, last_ts_ms, last_seq) columns."""
+    return Aggregate(row[0], Decimal(row[1]), row[2], row[3])
