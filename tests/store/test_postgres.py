@@ -7,7 +7,8 @@ import asyncio
 import logging
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
+from decimal import Decimal
 from importlib import resources
 
 import asyncpg  # type: ignore[import-untyped]
@@ -36,7 +37,11 @@ async def replicas(pg: PostgresBackend, url: str, n: int) -> list[Store]:
     return [await opened(pg, url, now=i) for i in range(n)]
 
 
-async def close_all(stores: list[Store]) -> None:
+def clock_at(ms: int) -> Callable[[], int]:
+    return lambda: ms
+
+
+async def close_all(stores: Sequence[Store]) -> None:
     for store in stores:
         await store.close()
 
@@ -101,7 +106,7 @@ async def test_replicas_appending_the_same_events_store_each_once(
         assert set(stored.values()) == {1} and len(stored) == 600
         for customer in ("c0", "c1", "c2", "c3"):
             agg = await stores[0].meter_aggregate("tokens_sum", customer, 0, BUCKET)
-            expected = sum(j for j in range(20) if f"c{j % 4}" == customer) * 30
+            expected = Decimal(sum(j for j in range(20) if f"c{j % 4}" == customer) * 30)
             assert agg is not None and (agg.count, agg.value) == (150, expected)
     finally:
         await close_all(stores)
@@ -112,7 +117,7 @@ async def test_replicas_starting_together_migrate_and_rebuild_once(
 ) -> None:
     caplog.set_level(logging.INFO, logger="billing.store.pg_schema")
     caplog.set_level(logging.INFO, logger="billing.store.postgres")
-    stores = [PostgresStore(url, METERS, BUCKET, clock=lambda i=i: 100 + i) for i in range(3)]
+    stores = [PostgresStore(url, METERS, BUCKET, clock=clock_at(100 + i)) for i in range(3)]
     try:
         await asyncio.gather(*(s.open() for s in stores))
         files = sorted(f.name for f in (resources.files("billing.store") / "pg_migrations")
