@@ -58,6 +58,12 @@ class _Builder:
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
         assert isinstance(node, yaml.ScalarNode)
+        try:
+            node.value.encode("utf-8")
+        except UnicodeEncodeError:  # a "\ud800"-style escape: lone surrogates
+            line = node.start_mark.line + 1
+            self.problems.append(Problem(path, "not valid Unicode (a lone surrogate)", line))
+            return ""
         return _scalar(node)
 
     def _mapping(self, node: yaml.MappingNode, path: str) -> dict[str, Any]:
