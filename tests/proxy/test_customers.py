@@ -197,3 +197,29 @@ async def test_public_paths_and_preflights_skip_identification_and_events(
     async with running.session.options(running.proxy_url + "/v1/echo") as r:
         assert r.status == 401  # a plain OPTIONS is not a preflight
     assert await running.events() == []
+
+
+async def test_with_keys_only_a_client_cannot_choose_its_customer_by_headers(
+    upstream: tuple[Upstream, TestServer], start_proxy: StartProxy, tmp_path: Any
+) -> None:
+    up, server = upstream
+    from proxy.config import load_config
+    from tests.conftest import write_config
+
+    path = write_config(tmp_path, url_of(server))
+    path.write_text(path.read_text().replace("    - ${request.header.x-customer-id}\n", ""))
+    running = await start_proxy("", config=load_config(path))
+    key = (await new_key(running, "globex"))["key"]
+    spoof = {
+        "X-Customer-Id": "acme",
+        "X-Meterproxy-Customer": "acme",
+        "Authorization": f"Bearer {key}",
+    }
+    async with running.session.get(running.proxy_url + "/v1/echo", headers=spoof) as r:
+        assert r.status == 200
+    async with running.session.get(
+        running.proxy_url + "/v1/echo", headers={"X-Customer-Id": "acme"}
+    ) as r:
+        assert r.status == 401
+    assert up.seen[0].headers["x-meterproxy-customer"] == ["globex"]
+    assert {e["customer_id"] for e in await running.events()} == {"globex"}
