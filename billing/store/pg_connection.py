@@ -60,17 +60,28 @@ class Pool(Protocol):
 async def create_pool(
     url: str, size: int, connect_timeout_s: float, command_timeout_s: float
 ) -> Pool:
-    """A pool of at most `size` connections (one opened now, the rest on demand).
+    """A pool of at most `size` connections, each opened on demand (no background reconnects
+    while the server is away) and kept while in use within `max_inactive_connection_lifetime`.
 
-    Raises StoreUnreachable when the server cannot be reached, StoreError when it refuses
-    (bad credentials, unknown database).
+    Connects to nothing yet: connection errors surface on acquire.
     """
-    with translated(redact(url)):
-        pool: Pool = await asyncpg.create_pool(
-            url, min_size=1, max_size=size, timeout=connect_timeout_s,
-            command_timeout=command_timeout_s,
-        )
+    pool: Pool = await asyncpg.create_pool(
+        url, min_size=0, max_size=size, timeout=connect_timeout_s,
+        command_timeout=command_timeout_s,
+    )
     return pool
+
+
+def check_url(url: str) -> None:
+    """Raises ValueError unless `url` is a postgresql:// (or postgres://) URL with a valid
+    port, so that a bad setting fails at load, not at the first connection."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"{redact(url)}: not a postgresql:// URL")
+    try:
+        parts.port  # noqa: B018 (urllib checks the port when it is read)
+    except ValueError as exc:
+        raise ValueError(f"{redact(url)}: {exc}") from None
 
 
 # Errors that mean "the server is not there (any more)", not "the server said no".
@@ -113,9 +124,7 @@ def _describe(exc: BaseException) -> str:
 def redact(url: str) -> str:
     """The URL without its password, for messages and logs."""
     parts = urlsplit(url)
-    if parts.password is None:
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if ":" not in userinfo:
         return url
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host  # an IPv6 address
-    netloc = f"{parts.username or ''}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=userinfo.split(":", 1)[0] + at + host))

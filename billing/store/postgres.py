@@ -40,7 +40,15 @@ from billing.store.base import (
     plan_read,
     with_rollups,
 )
-from billing.store.pg_connection import Connection, Pool, Row, create_pool, redact, translated
+from billing.store.pg_connection import (
+    Connection,
+    Pool,
+    Row,
+    check_url,
+    create_pool,
+    redact,
+    translated,
+)
 from billing.store.pg_schema import migrate, schema_lock
 
 _log = logging.getLogger(__name__)
@@ -103,7 +111,8 @@ class PostgresStore:
     `bucket_ms` and `clock` mean what they mean for SqliteStore. The pool holds at most
     `pool_size` connections; connecting gives up after `connect_timeout_s`, a statement after
     `command_timeout_s`. Every method raises StoreUnreachable (a StoreError) when the server
-    cannot be reached, StoreError for anything else the database refuses.
+    cannot be reached, StoreError for anything else the database refuses. Raises ValueError
+    at once for a URL that is not postgresql:// or has an invalid port.
     """
 
     def __init__(
@@ -119,6 +128,7 @@ class PostgresStore:
     ) -> None:
         if bucket_ms <= 0:
             raise ValueError(f"bucket_ms must be positive, got {bucket_ms}")
+        check_url(url)
         self._url = url
         self._where = redact(url)
         self._meters = {meter.name: meter for meter in meters}

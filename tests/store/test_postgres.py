@@ -15,7 +15,7 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from billing.store.base import AppendResult, Store, StoreError
-from billing.store.pg_connection import StoreUnreachable
+from billing.store.pg_connection import StoreUnreachable, redact
 from billing.store.postgres import PostgresStore
 from tests.store.backends import PostgresBackend
 from tests.store.factories import BUCKET, METERS, event, opened
@@ -217,3 +217,29 @@ async def test_a_refusing_server_is_a_store_error_not_an_outage(pg: PostgresBack
     with pytest.raises(StoreError) as caught:
         await store.open()
     assert not isinstance(caught.value, StoreUnreachable)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://mp:s3cret@db:5432/meter", "postgresql://mp@db:5432/meter"),
+        ("postgresql://mp:p%40ss@[::1]:5432/m?sslmode=require",
+         "postgresql://mp@[::1]:5432/m?sslmode=require"),
+        ("postgresql://mp@db/meter", "postgresql://mp@db/meter"),
+        ("postgres://db/meter", "postgres://db/meter"),
+        ("postgresql://:s3cret@db/meter", "postgresql://@db/meter"),
+    ],
+)
+def test_urls_are_shown_without_their_password(url: str, shown: str) -> None:
+    assert redact(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [("mysql://db/meter", "not a postgresql:// URL"), ("meter.db", "not a postgresql:// URL"),
+     ("postgresql://mp:s3cret@db:99999/meter", "postgresql://mp@db:99999/meter: Port")],
+)
+def test_a_bad_url_is_refused_before_connecting(url: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem) as caught:
+        PostgresStore(url, METERS, BUCKET)
+    assert "s3cret" not in str(caught.value)

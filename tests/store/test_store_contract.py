@@ -42,8 +42,9 @@ async def aggregate_rows(backend: Backend, location: str) -> list[tuple[Any, ...
 
 
 def test_each_engine_implements_the_store_interface(tmp_path: Path) -> None:
+    unopened = {"sqlite": str(tmp_path / "unused.db"), "postgres": "postgresql://db/unused"}
     for engine in ENGINES:
-        store: Store = make_backend(engine, tmp_path).store("unused", METERS, BUCKET, int)
+        store: Store = make_backend(engine, tmp_path).store(unopened[engine], METERS, BUCKET, int)
         assert isinstance(store, Store), engine  # every method of the protocol is there
 
 
