@@ -23,6 +23,7 @@ from typing import Protocol
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from billing.statement import StatementStatus
 from proxy.metrics import OTHER
 
 log = logging.getLogger("meterproxy.metrics")
@@ -40,7 +41,7 @@ class UsageSource(Protocol):
     async def open_usage(self, now_ms: int) -> Mapping[str, Mapping[str, Decimal]]:
         """meter -> customer -> quantity of that customer's period open at now_ms."""
 
-    async def statement_counts(self) -> Mapping[str, int]:
+    async def statement_counts(self) -> Mapping[StatementStatus, int]:
         """status -> statements stored with that status."""
 
 
@@ -68,11 +69,12 @@ def fold_customers(quantities: Mapping[str, Decimal], cap: int) -> list[tuple[st
     return [*top, (OTHER, rest)]
 
 
-def statement_totals(counts: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+def statement_totals(counts: Mapping[StatementStatus, int]) -> tuple[tuple[str, int], ...]:
     """Statements that reached each status, from the counts stored per status.
 
-    Every statement starts as a draft and is never deleted, so `draft` counts them all
-    and `final` those finalised: both only grow, as a Prometheus counter must.
+    Statements are never deleted and a final one never changes, so `draft` (every
+    statement created, drafts and finals) and `final` (those finalised) only grow, as a
+    Prometheus counter must, and survive restarts.
     """
     final = counts.get("final", 0)
     return (("draft", counts.get("draft", 0) + final), ("final", final))
@@ -81,7 +83,7 @@ def statement_totals(counts: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
 def take_snapshot(
     meters: Iterable[str],
     usage: Mapping[str, Mapping[str, Decimal]],
-    statements: Mapping[str, int],
+    statements: Mapping[StatementStatus, int],
     max_customers: int | None,
 ) -> UsageSnapshot:
     """Fold the engine's answers; `max_customers` None leaves customers out."""
@@ -157,7 +159,8 @@ class UsageCollector(Collector):
         yield usage
         statements = CounterMetricFamily(
             "meterproxy_statements",
-            "Statements that reached each status (every statement starts as a draft)",
+            "Statements created (status=draft counts drafts and finals) and finalised "
+            "(status=final), from the store",
             labels=["status"],
         )
         for status, count in snapshot.statements:

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from billing.statement import StatementStatus
 from proxy.metrics import OTHER
 from proxy.usage_metrics import fold_customers, statement_totals, take_snapshot
 
@@ -63,7 +64,7 @@ def test_folding_keeps_the_total_and_the_largest(quantities: dict[str, Decimal],
     ],
 )
 def test_statement_totals_count_every_statement_as_drafted(
-    counts: dict[str, int], expected: tuple[tuple[str, int], ...]
+    counts: dict[StatementStatus, int], expected: tuple[tuple[str, int], ...]
 ) -> None:
     assert statement_totals(counts) == expected
 
