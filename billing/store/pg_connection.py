@@ -10,7 +10,7 @@ Exceptions:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -37,6 +37,11 @@ class Connection(Protocol):
 
     async def fetch(self, query: str, *args: Any) -> list[Row]: ...
 
+    async def copy_records_to_table(
+        self, table_name: str, *, records: Iterable[Sequence[Any]],
+        columns: Sequence[str] | None = None,
+    ) -> str: ...
+
     async def fetchrow(self, query: str, *args: Any) -> Row | None: ...
 
     async def fetchval(self, query: str, *args: Any) -> Any: ...
@@ -58,16 +63,23 @@ class Pool(Protocol):
 
 
 async def create_pool(
-    url: str, size: int, connect_timeout_s: float, command_timeout_s: float
+    url: str,
+    size: int,
+    connect_timeout_s: float,
+    command_timeout_s: float,
+    init: Callable[[Connection], Awaitable[None]],
 ) -> Pool:
     """A pool of at most `size` connections, each opened on demand (no background reconnects
-    while the server is away) and kept while in use within `max_inactive_connection_lifetime`.
+    while the server is away) and prepared by `init` once.
 
     Connects to nothing yet: connection errors surface on acquire.
     """
     pool: Pool = await asyncpg.create_pool(
         url, min_size=0, max_size=size, timeout=connect_timeout_s,
-        command_timeout=command_timeout_s,
+        command_timeout=command_timeout_s, init=init,
+        # asyncpg prepares every statement; a generic plan made while a table was still
+        # empty (a nested loop over a sequential scan) stays cached as the table grows.
+        server_settings={"plan_cache_mode": "force_custom_plan", "random_page_cost": "1.1"},
     )
     return pool
 

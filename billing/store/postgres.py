@@ -5,14 +5,15 @@ the next seq and ingested_at from it, and holds the lock until it commits. Appen
 commit one at a time in ingested_at (and seq) order, fleet-wide, which is what makes the
 largest visible ingested_at a watermark: no event with a smaller ingested_at can still be
 uncommitted. The cost is that the fleet's appends do not overlap: each holds the lock for
-its dedup probe, inserts, aggregate upserts and commit (a few ms per 1,000-event batch). They
+its dedup probe, inserts, aggregate writes and commit (tens of ms per 1,000-event batch). They
 would mostly queue anyway: replicas metering the same customers update the same current
 aggregate rows, whose row locks serialise them just the same. A row lock (not an advisory
 lock) also carries the counter values, and is freed with the transaction however it ends.
 
 Everything else (dedup by event_id, created customers, bucket and rollup aggregates built with
 `BatchFold` and `with_rollups`, reads planned by `plan_read`) behaves as in the SQLite engine.
-Quantities are NUMERIC, exact. Customers and keys live in billing/store/pg_customers.py.
+Quantities are NUMERIC, exact. The SQL of events, aggregate writes, customers and keys lives
+in pg_events.py, pg_aggregates.py and pg_customers.py beside this file.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
-from billing.events import Source, StoredEvent, UsageEvent, now_ms
+from billing.events import StoredEvent, UsageEvent, now_ms
 from billing.meters import Aggregate, Meter, merge
-from billing.store import pg_customers
+from billing.store import pg_aggregates, pg_customers, pg_events
 from billing.store.base import (
     ROLLUP_BUCKETS,
     ApiKey,
@@ -34,7 +35,6 @@ from billing.store.base import (
     ReadPlan,
     StoreError,
     decode_metadata,
-    encode_metadata,
     fold_rows,
     merged,
     plan_read,
@@ -57,29 +57,7 @@ _REBUILD_BATCH = 10_000  # raw events read per query while rebuilding: bounds me
 
 _LOCK_COUNTER = "SELECT last_seq, ingested_at_ms FROM ingest_counter FOR UPDATE"
 _ADVANCE_COUNTER = "UPDATE ingest_counter SET last_seq = $1, ingested_at_ms = $2"
-_KNOWN_IDS = "SELECT event_id FROM events WHERE event_id = ANY($1::text[])"
-_EVENT_COLUMNS = (
-    "seq, event_id, customer_id, event_name, timestamp_ms, metadata, source, ingested_at_ms"
-)
-# One statement per batch: arrays in, unnest() out (one row per event, no per-event round trip).
-_INSERT_EVENTS = f"""
-    INSERT INTO events ({_EVENT_COLUMNS})
-    SELECT *, $8::bigint FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
-                                     $5::bigint[], $6::text[], $7::text[])"""
-_AGGREGATE_KEY = "meter, customer_id, bucket_start_ms, size_ms"
 _AGGREGATE_COLUMNS = "count, value, last_ts_ms, last_seq"
-_TOUCHED_AGGREGATES = f"""
-    SELECT {_AGGREGATE_KEY}, {_AGGREGATE_COLUMNS}
-    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
-         AS k (meter, customer_id, bucket_start_ms, size_ms)
-    JOIN meter_aggregates USING ({_AGGREGATE_KEY})"""
-_UPSERT_AGGREGATES = f"""
-    INSERT INTO meter_aggregates ({_AGGREGATE_KEY}, {_AGGREGATE_COLUMNS})
-    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
-                         $6::numeric[], $7::bigint[], $8::bigint[])
-    ON CONFLICT ({_AGGREGATE_KEY}) DO UPDATE SET
-        count = excluded.count, value = excluded.value,
-        last_ts_ms = excluded.last_ts_ms, last_seq = excluded.last_seq"""
 # Rows of a ReadPlan: rollups within [$4, $5), buckets elsewhere in [$2, $3).
 _PLANNED_ROWS = """
     bucket_start_ms >= $2 AND bucket_start_ms < $3 AND size_ms =
@@ -147,7 +125,9 @@ class PostgresStore:
         Raises StoreUnreachable when the server cannot be reached, StoreError when the
         database refuses or holds a schema newer than this version knows.
         """
-        self._pool = await create_pool(self._url, *self._pool_settings)
+        self._pool = await create_pool(
+            self._url, *self._pool_settings, init=pg_aggregates.prepare_connection
+        )
         try:
             async with self._connection() as conn, schema_lock(conn):
                 await migrate(conn, self._clock())
@@ -173,7 +153,7 @@ class PostgresStore:
         stored = [False] * len(events)
         async with self._transaction() as conn:
             last_seq, watermark = _pair(await conn.fetchrow(_LOCK_COUNTER))
-            known = {row[0] for row in await conn.fetch(_KNOWN_IDS, list(firsts))}
+            known = await pg_events.known_ids(conn, firsts)
             fresh = [index for event_id, index in firsts.items() if event_id not in known]
             if not fresh:
                 return AppendResult(tuple(stored), {}, watermark)
@@ -196,26 +176,14 @@ class PostgresStore:
             created[e.customer_id] = min(created.get(e.customer_id, ingested_at_ms),
                                          e.timestamp_ms)
             batch.add(e.customer_id, e.event_name, e.timestamp_ms, seq, e.metadata)
-        await conn.execute(
-            _INSERT_EVENTS,
-            list(range(first_seq, first_seq + len(events))),
-            [e.event_id for e in events],
-            [e.customer_id for e in events],
-            [e.event_name for e in events],
-            [e.timestamp_ms for e in events],
-            [encode_metadata(e.metadata) for e in events],
-            [e.source for e in events],
-            ingested_at_ms,
-        )
+        await pg_events.insert(conn, events, first_seq, ingested_at_ms)
         await pg_customers.insert_missing(conn, created)
         return batch
 
     async def get_event(self, event_id: str) -> StoredEvent | None:
         """See `Store.get_event`."""
-        rows = await self._read(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = $1", event_id
-        )
-        return next((_stored_event(row) for row in rows), None)
+        async with self._connection() as conn:
+            return await pg_events.get(conn, event_id)
 
     async def list_events(
         self,
@@ -228,22 +196,11 @@ class PostgresStore:
         offset: int = 0,
     ) -> list[StoredEvent]:
         """See `Store.list_events`."""
-        if event_names is not None and not event_names:
-            return []
-        conditions = {
-            "customer_id = $%d": customer_id,
-            "event_name = ANY($%d::text[])": None if event_names is None else list(event_names),
-            "timestamp_ms >= $%d": start_ms,
-            "timestamp_ms < $%d": end_ms,
-        }
-        used = [(sql, value) for sql, value in conditions.items() if value is not None]
-        where = " AND ".join(sql % n for n, (sql, _) in enumerate(used, 1)) or "true"
-        rows = await self._read(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {where}"
-            f" ORDER BY timestamp_ms DESC, seq DESC LIMIT ${len(used) + 1} OFFSET ${len(used) + 2}",
-            *(value for _, value in used), limit, offset,
-        )
-        return [_stored_event(row) for row in rows]
+        async with self._connection() as conn:
+            return await pg_events.page(
+                conn, customer_id=customer_id, event_names=event_names, start_ms=start_ms,
+                end_ms=end_ms, limit=limit, offset=offset,
+            )
 
     async def watermark(self) -> int:
         """See `Store.watermark`: the counter row, committed with the events it stamped."""
@@ -265,7 +222,7 @@ class PostgresStore:
                 params = self._plan_params(plan)
                 for row in await conn.fetch(_CUSTOMER_AGGREGATES, meter.name, *params,
                                             customer_id):
-                    total = merge(meter.aggregation, total, _aggregate(row))
+                    total = merge(meter.aggregation, total, pg_aggregates.aggregate(row))
             for start, end in plan.raw:
                 rows = await conn.fetch(_RAW_RANGE, customer_id, meter.event_name, start, end)
                 total = merge(meter.aggregation, total, fold_rows(meter, rows))
@@ -284,7 +241,8 @@ class PostgresStore:
         totals: dict[str, Aggregate] = {}
         rows = await self._read(_ALL_CUSTOMER_AGGREGATES, meter.name, *self._plan_params(plan))
         for row in rows:
-            totals[row[0]] = merged(meter.aggregation, totals.get(row[0]), _aggregate(row[1:]))
+            agg = pg_aggregates.aggregate(row[1:])
+            totals[row[0]] = merged(meter.aggregation, totals.get(row[0]), agg)
         return totals
 
     def _plan_params(self, plan: ReadPlan) -> tuple[int, ...]:
@@ -344,8 +302,8 @@ class PostgresStore:
         self, conn: Connection, deltas: Mapping[str, Mapping[tuple[str, int], Aggregate]]
     ) -> None:
         """Merge per-meter bucket deltas into the bucket and rollup rows: one read of every
-        touched row and one upsert, whatever the number of meters."""
-        per_key = {
+        touched row and one write, whatever the number of meters."""
+        per_key: dict[pg_aggregates.AggregateRowKey, Aggregate] = {
             (meter_name, *key): delta
             for meter_name, per_bucket in deltas.items()
             for key, delta in with_rollups(
@@ -354,15 +312,11 @@ class PostgresStore:
         }
         if not per_key:
             return
-        existing = {
-            tuple(row[:4]): _aggregate(row[4:])
-            for row in await conn.fetch(_TOUCHED_AGGREGATES, *_columns(list(per_key), 4))
-        }
-        rows = []
-        for key, delta in per_key.items():
-            agg = merged(self._meters[key[0]].aggregation, existing.get(key), delta)
-            rows.append((*key, agg.count, agg.value, agg.last_ts, agg.last_seq))
-        await conn.execute(_UPSERT_AGGREGATES, *_columns(rows, 8))
+        stored = await pg_aggregates.stored_rows(conn, per_key)
+        await pg_aggregates.write_rows(conn, {
+            key: merged(self._meters[key[0]].aggregation, stored.get(key), delta)
+            for key, delta in per_key.items()
+        }, stored)
 
     def _meter(self, name: str) -> Meter:
         try:
@@ -456,20 +410,3 @@ class PostgresStore:
 def _pair(row: Row | None) -> tuple[int, int]:
     assert row is not None  # the migration inserts the only row; nothing deletes it
     return int(row[0]), int(row[1])
-
-
-def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
-    """Rows as `width` column lists: the arrays that unnest() turns back into rows."""
-    return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
-
-
-def _aggregate(row: Row) -> Aggregate:
-    """An Aggregate from (count, value, last_ts_ms, last_seq) columns; value is a Decimal."""
-    return Aggregate(int(row[0]), row[1], int(row[2]), int(row[3]))
-
-
-def _stored_event(row: Row) -> StoredEvent:
-    seq, event_id, customer_id, event_name, ts_ms, metadata, source, ingested_at_ms = row
-    event = UsageEvent(event_id, customer_id, event_name, ts_ms, decode_metadata(metadata),
-                       cast(Source, source))
-    return StoredEvent(event, seq, ingested_at_ms)
