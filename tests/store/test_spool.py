@@ -16,6 +16,7 @@ from billing.events import UsageEvent
 from billing.store.base import StoreError
 from billing.store.postgres import PostgresStore
 from billing.store.spool import Spool, SpoolingAppender
+from billing.writer import EventWriter
 from tests.store.backends import PostgresBackend
 from tests.store.factories import BUCKET, DAY, METERS, event
 from tests.store.pg_cluster import Cluster
@@ -200,3 +201,26 @@ async def test_a_refused_batch_is_not_spooled(server: PostgresBackend, tmp_path:
             await replica.appender.append([event("ok"), bad], now_ms=1)
         assert replica.appender.spooled == 0
         assert await replica.store.get_event("ok") is None
+
+
+async def test_the_writer_stays_healthy_and_durable_while_postgresql_is_down(
+    cluster: Cluster, server: PostgresBackend, tmp_path: Path
+) -> None:
+    work = traffic(batches=6, size=10)
+    async with Replica(await server.location(), tmp_path / "spool.db") as replica:
+        writer = EventWriter(replica.appender, flush_interval_ms=5)
+        loop = asyncio.ensure_future(writer.run())
+        try:
+            assert (await writer.submit_durable(work[0])).stored_count == 10
+            await cluster.stop("immediate")
+            for batch in work[1:4]:  # what the ingest API awaits before answering 200
+                assert (await writer.submit_durable(batch)).stored_count == 10
+                assert not writer.failing
+            await cluster.start()
+            for batch in work[4:]:
+                writer.submit(batch)
+            assert await writer.close(timeout=30) == 0
+        finally:
+            await loop
+        await replica.drained()
+        await check_stored_once_in_order(replica.store, work)
