@@ -18,14 +18,12 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from billing.credits import CreditGrant
 from billing.cycles import Period
-from billing.statement import ManualAdjustment
+from billing.statement import ManualAdjustment, StatementStatus
 from billing.store.base import Customer, Store
-
-StatementStatus = Literal["draft", "final"]
 
 
 class Conflict(Exception):
@@ -185,8 +183,12 @@ class LedgerSnapshot(Protocol):
     async def late_since(self, probes: Sequence[LateProbe]) -> dict[str, int]:
         """customer -> the earliest timestamp of its events matching its probe."""
 
-    async def final_records(self, customer_id: str, from_start_ms: int) -> list[StoredStatement]:
-        """The customer's final statements with period start >= from_start_ms, by start."""
+    async def final_records(self, customer_id: str, ending_after_ms: int) -> list[StoredStatement]:
+        """The customer's final statements whose period ends after `ending_after_ms`, by
+        period start."""
+
+    async def statement_at(self, customer_id: str, at_ms: int) -> StoredStatement | None:
+        """The customer's stored statement whose period contains `at_ms`; None if none."""
 
     async def quantities(
         self, meters: Sequence[str], customers: Sequence[str], period: Period

@@ -18,7 +18,7 @@ import aiosqlite
 from billing.credits import CreditGrant
 from billing.cycles import Period
 from billing.meters import Meter, quantity
-from billing.statement import ManualAdjustment
+from billing.statement import ManualAdjustment, StatementStatus
 from billing.store.base import Customer, StoreError, fold_rows
 from billing.store.ledger import (
     AdjustmentEntry,
@@ -26,7 +26,6 @@ from billing.store.ledger import (
     CustomerWrite,
     CycleRecord,
     GrantBalance,
-    StatementStatus,
     StatementWrite,
     StoredStatement,
     WriteResult,

@@ -17,7 +17,7 @@ import aiosqlite
 from billing.credits import CreditGrant
 from billing.cycles import Period
 from billing.meters import Aggregate, Meter, quantity
-from billing.statement import ManualAdjustment
+from billing.statement import ManualAdjustment, StatementStatus
 from billing.store.base import ROLLUP_BUCKETS, Customer, fold_rows, merged, plan_read
 from billing.store.ledger import (
     Burn,
@@ -25,7 +25,6 @@ from billing.store.ledger import (
     LateProbe,
     PlanAssignment,
     StatementHead,
-    StatementStatus,
     StoredStatement,
 )
 from billing.store.sqlite_conn import aggregate_row
@@ -160,13 +159,22 @@ class SqliteLedgerSnapshot:
                 found[customer_id] = min(ts, found.get(customer_id, ts))
         return found
 
-    async def final_records(self, customer_id: str, from_start_ms: int) -> list[StoredStatement]:
+    async def final_records(self, customer_id: str, ending_after_ms: int) -> list[StoredStatement]:
         rows = await self._rows(
             f"SELECT {STORED_COLUMNS} FROM statements WHERE customer_id = ? AND status = 'final'"
-            " AND period_start_ms >= ? ORDER BY period_start_ms",
-            (customer_id, from_start_ms),
+            " AND period_end_ms > ? ORDER BY period_start_ms",
+            (customer_id, ending_after_ms),
         )
         return [stored_from_row(row) for row in rows]
+
+    async def statement_at(self, customer_id: str, at_ms: int) -> StoredStatement | None:
+        rows = await self._rows(
+            f"SELECT {STORED_COLUMNS} FROM statements WHERE customer_id = ?"
+            " AND period_start_ms <= ? ORDER BY period_start_ms DESC LIMIT 1",
+            (customer_id, at_ms),
+        )
+        found = [stored_from_row(row) for row in rows]
+        return found[0] if found and at_ms < found[0].head.period.end_ms else None
 
     async def quantities(
         self, meters: Sequence[str], customers: Sequence[str], period: Period

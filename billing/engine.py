@@ -1,0 +1,289 @@
+"""The statement engine: from stored events to draft and final statements.
+
+A run (`close`) reads everything it needs in one store snapshot (accounts, quantities from
+the aggregates, late usage), computes every customer's statements with the pure functions of
+billing/closing.py, and writes them per customer, in batches, under the store's unique
+(customer, period start) key: a final statement is never written twice or changed, a draft
+is replaced by its recomputation. Runs in one process take turns (a lock); runs in several
+processes are safe through the store (see `CustomerWrite`). A run that dies half way leaves
+whole customers written or not, and the next run completes it with the same numbers.
+
+The usage preview computes a customer's statements the same way, through the period asked.
+`open_usage` and `statement_counts` are what /metrics reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from billing import gather
+from billing.closing import Account, Quantities, Step, adjustment_only, chain, plan_steps
+from billing.cycles import Period, period_containing
+from billing.events import now_ms
+from billing.money import EXACT
+from billing.plans import BillingSettings, Plan
+from billing.record_codec import decode, encode
+from billing.records import StatementRecord
+from billing.statement import LateUsage, StatementStatus
+from billing.store.base import Customer
+from billing.store.ledger import (
+    CustomerWrite,
+    CycleRecord,
+    LedgerSnapshot,
+    LedgerStore,
+    StatementHead,
+    StatementWrite,
+    WriteResult,
+)
+from billing.timeline import CycleBook, Timeline
+
+log = logging.getLogger(__name__)
+
+WRITE_BATCH = 500  # customers per write transaction: bounds how long event flushes wait
+
+
+@dataclass(frozen=True, slots=True)
+class CloseResult:
+    """What a run did: drafts created, statements made final, customers left for the next
+    run (another process wrote them meanwhile); `next_due_ms`: when the next statement falls
+    due (a period ends or a draft turns final), None when nothing is due ever."""
+
+    drafted: int
+    finalized: int
+    skipped: int
+    next_due_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanView:
+    """A customer's plan now (None: none) and the change assigned for its next period."""
+
+    plan: str | None
+    pending_plan: str | None
+    pending_from_ms: int | None
+
+
+class CustomerDeleted(Exception):
+    """The customer was deleted: its plan can no longer change."""
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """The statement of the period asked for: `stored` when it is final already, else as it
+    would be written now (`ended`: whether its period is over)."""
+
+    statement: StatementRecord
+    stored: bool
+    ended: bool
+
+
+class StatementEngine:
+    """Computes and stores statements for `plans` and `billing` (see the module docstring).
+
+    `clock` gives the wall time in ms; call `open()` once before anything else.
+    """
+
+    def __init__(self, store: LedgerStore, plans: Sequence[Plan], billing: BillingSettings,
+                 meters: Sequence[str], *, clock: Callable[[], int] = now_ms) -> None:
+        self._store = store
+        self._plans = {plan.name: plan for plan in plans}
+        self._billing = billing
+        self._meters = tuple(meters)
+        self._clock = clock
+        self._setup = gather.Setup(self._plans, billing.default_plan,
+                                   CycleBook((), billing.timezone))
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        """Record the plans' cycles and time zone (a change applies to periods starting
+        from now) and read their history. Raises StoreError."""
+        now, zone = self._clock(), self._billing.timezone.key
+        records = await self._store.record_cycles(
+            [CycleRecord(p.name, now, str(p.cycle), zone) for p in self._plans.values()])
+        self._setup = gather.Setup(self._plans, self._billing.default_plan,
+                                   CycleBook(records, self._billing.timezone))
+
+    # ---------------------------------------------------------------- the run
+
+    async def close(self, now_ms: int | None = None) -> CloseResult:
+        """Draft every period that has ended and finalise those past their grace period,
+        at `now_ms` (default: the clock). Idempotent. Raises StoreError."""
+        async with self._lock:
+            now = self._clock() if now_ms is None else now_ms
+            async with self._store.billing_snapshot() as snap:
+                writes, due = await self._plan_run(snap, now)
+            result = WriteResult()
+            for start in range(0, len(writes), WRITE_BATCH):
+                done = await self._store.write_statements(writes[start:start + WRITE_BATCH])
+                result = WriteResult(result.drafted + done.drafted,
+                                     result.finalized + done.finalized,
+                                     result.skipped + done.skipped)
+        if result.skipped:
+            log.info("%d customers were billed by another process meanwhile; the next run "
+                     "checks them again", result.skipped)
+        return CloseResult(result.drafted, result.finalized, result.skipped,
+                           _earliest(due, self.next_boundary(now)))
+
+    async def _plan_run(self, snap: LedgerSnapshot,
+                        now: int) -> tuple[list[CustomerWrite], int | None]:
+        cutoff = await snap.watermark()
+        accounts = await gather.accounts(snap, self._setup)
+        steps: dict[str, list[Step]] = {}
+        due: int | None = None
+        for account in accounts:
+            found, account_due = plan_steps(account, now, self._billing.grace_period_ms)
+            due = _earliest(due, account_due)
+            if found:
+                steps[account.customer.customer_id] = found
+        gone = [a for a in accounts if a.customer.deleted_at_ms is not None
+                and a.customer.customer_id not in steps and (a.pending or a.final)]
+        wanted = [a for a in accounts if a.customer.customer_id in steps] + gone
+        earlier = await gather.earlier(snap, wanted)
+        quantities = await gather.quantities(snap, steps)
+        writes = []
+        for account in wanted:
+            cid = account.customer.customer_id
+            late = earlier[cid].late if cid in earlier else ()
+            if cid in steps:
+                records = self._chain(account, steps[cid], quantities.get(cid, {}), cutoff, late)
+            else:
+                records = await self._adjustment_only(snap, account, late, now, cutoff)
+            if records:
+                final_head = None if account.final is None else account.final.period.start_ms
+                writes.append(CustomerWrite(cid, final_head,
+                                            tuple(_write(r, now) for r in records)))
+        return writes, due
+
+    def _chain(self, account: Account, steps: Sequence[Step], quantities: Quantities,
+               cutoff: int, late: Sequence[LateUsage]) -> list[StatementRecord]:
+        currency = steps[0].period.plan.currency
+        late = gather.in_currency(late, currency, account.customer.customer_id)
+        return chain(account, steps, quantities, cutoff, late)
+
+    async def _adjustment_only(self, snap: LedgerSnapshot, account: Account,
+                               late: Sequence[LateUsage], now: int,
+                               cutoff: int) -> list[StatementRecord]:
+        last = await gather.last_final(snap, account)
+        if last is None:
+            return []
+        late = gather.in_currency(late, last.plan.currency, account.customer.customer_id)
+        record = adjustment_only(account, last, late, now, cutoff)
+        return [] if record is None else [record]
+
+    def next_boundary(self, now_ms: int) -> int | None:
+        """The earliest period end after `now_ms` among the plans: a customer may start on
+        any plan at any time, so a run is due then at the latest."""
+        ends = [period_containing(*self._setup.cycles.at(plan, now_ms), now_ms).end_ms
+                for plan in self._plans.values()]
+        return min(ends, default=None)
+
+    # ------------------------------------------------------------- customers
+
+    async def change_plan(self, customer_id: str, plan: str | None,
+                          now_ms: int | None = None) -> Customer:
+        """Assign `plan` (None: the default plan) from the end of the customer's current
+        period, or from now when it has no period (a new customer, or none without a plan).
+        Raises CustomerDeleted for a deleted customer, StoreError."""
+        now = self._clock() if now_ms is None else now_ms
+        async with self._store.billing_snapshot() as snap:
+            found = await gather.accounts(snap, self._setup, [customer_id])
+        effective = now
+        if found:
+            account = found[0]
+            if account.customer.deleted_at_ms is not None:
+                raise CustomerDeleted(customer_id)
+            after = None if account.final is None else account.final.period
+            current = account.timeline.period_at(after, [h.period for h in account.drafts], now)
+            if current is not None:
+                effective = current.span.end_ms
+        return await self._store.assign_plan(customer_id, plan, effective, now)
+
+    async def plan_views(self, customers: Sequence[Customer],
+                         now_ms: int | None = None) -> dict[str, PlanView]:
+        """customer id -> its plan now and the pending change. Raises StoreError."""
+        now = self._clock() if now_ms is None else now_ms
+        async with self._store.billing_snapshot() as snap:
+            assignments = await snap.assignments([c.customer_id for c in customers])
+        views = {}
+        for customer in customers:
+            timeline = Timeline(customer, assignments.get(customer.customer_id, ()),
+                                self._plans, self._billing.default_plan, self._setup.cycles)
+            pending = timeline.pending_change(now)
+            views[customer.customer_id] = PlanView(
+                timeline.plan_name_at(now), *(pending or (None, None)))
+        return views
+
+    # -------------------------------------------------------------- previews
+
+    async def preview(self, customer_id: str, at_ms: int,
+                      now_ms: int | None = None) -> Preview | None:
+        """The statement of the customer's period containing `at_ms`: the stored one when
+        it is final, else computed as a run at `now_ms` (default: the clock) would write it,
+        with everything ingested so far. None: no such customer, or no period contains
+        `at_ms`. Raises StoreError."""
+        now = self._clock() if now_ms is None else now_ms
+        async with self._store.billing_snapshot() as snap:
+            found = await gather.accounts(snap, self._setup, [customer_id])
+            if not found:
+                return None
+            account = found[0]
+            if account.final is not None and at_ms < account.final.period.end_ms:
+                stored = await snap.statement_at(customer_id, at_ms)
+                return None if stored is None else Preview(decode(stored.record), True, True)
+            steps, _ = plan_steps(account, now, self._billing.grace_period_ms, at_ms)
+            index = next((i for i, s in enumerate(steps) if s.period.span.contains(at_ms)), None)
+            if index is None:
+                return None
+            steps = steps[:index + 1]
+            cutoff = await snap.watermark()
+            earlier = await gather.earlier(snap, [account])
+            quantities = await gather.quantities(snap, {customer_id: steps})
+        late = earlier[customer_id].late if customer_id in earlier else ()
+        records = self._chain(account, steps, quantities.get(customer_id, {}), cutoff, late)
+        return Preview(records[-1], False, steps[-1].period.span.end_ms <= now)
+
+    async def open_usage(self, now_ms: int) -> dict[str, dict[str, Decimal]]:
+        """meter -> customer -> quantity of each customer's period open at `now_ms`, read
+        from the aggregates: one read per distinct open period for all its customers.
+        Customers without a plan (no open period) are left out. Raises StoreError."""
+        async with self._store.billing_snapshot() as snap:
+            accounts = await gather.accounts(snap, self._setup)
+            by_span: dict[Period, list[str]] = {}
+            for account in accounts:
+                after = None if account.final is None else account.final.period
+                drafts = [h.period for h in account.drafts]
+                period = account.timeline.period_at(after, drafts, now_ms)
+                if period is not None:
+                    by_span.setdefault(period.span, []).append(account.customer.customer_id)
+            usage: dict[str, dict[str, Decimal]] = {meter: {} for meter in self._meters}
+            for span, customers in by_span.items():
+                read = await snap.quantities(self._meters, customers, span)
+                for meter, per_customer in read.items():
+                    usage[meter].update(per_customer)
+        return usage
+
+    async def statement_counts(self) -> dict[StatementStatus, int]:
+        """Statements stored per status (draft, final). Raises StoreError."""
+        return await self._store.statement_counts()
+
+
+def _write(record: StatementRecord, now: int) -> StatementWrite:
+    s = record.statement
+    final = s.status == "final"
+    head = StatementHead(s.id, s.customer_id, s.period, s.status, s.cutoff_ms, s.plan,
+                         dict(s.rollover))
+    burned: dict[str, Decimal] = {}
+    for burn in s.credit_burns:
+        if burn.kind == "grant":
+            burned[burn.grant_id] = EXACT.add(burned.get(burn.grant_id, Decimal(0)), burn.credits)
+    manual = tuple(m.adjustment_id for m in record.inputs.manual) if final else ()
+    return StatementWrite(head, s.currency, s.total_minor, now if final else None,
+                          encode(record), tuple(burned.items()), manual)
+
+
+def _earliest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
