@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,12 +66,19 @@ def parse_wrk(output: str) -> LoadResult:
     raise ValueError(f"wrk printed no BENCH line:\n{output}")
 
 
+def wrk_version(binary: str) -> str:
+    """E.g. "wrk debian/4.1.0-3+b2" (wrk -v prints it first, then its usage)."""
+    done = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False)
+    first = (done.stdout or done.stderr).strip().splitlines()
+    return " ".join(first[0].split()[:2]) if first else "wrk"
+
+
 class WrkLoad:
     """wrk, one thread (the load generator gets one core), through wrk_customers.lua."""
 
     def __init__(self, binary: str) -> None:
         self.binary = binary
-        self.name = "wrk"
+        self.name = f"{wrk_version(binary)}, 1 thread"
 
     async def run(self, url: str, connections: int, seconds: float) -> LoadResult:
         process = await asyncio.create_subprocess_exec(

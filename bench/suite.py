@@ -171,7 +171,8 @@ async def _profile(plan: Plan, pid: int, generator: str) -> str:
     heading = (
         f"meterproxy under {generator} load ({PROFILE_CONNECTIONS} connections, GET {calls.PATH}),"
         f" py-spy {pyspy.RATE_HZ} Hz for {plan.profile_s:.0f} s; top {TOP_FRAMES} frames"
-        " by own time (non-idle threads: the event loop and the SQLite writer thread)"
+        " by own time, over the non-idle threads (the event loop and the SQLite writer);"
+        " a thread waiting for the GIL counts as busy in the frame that waits"
     )
     return heading + ":\n\n" + pyspy.render(pyspy.top_frames(raw, TOP_FRAMES))
 

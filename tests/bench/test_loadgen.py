@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from bench.loadgen import (
     WrkLoad,
     customer_id,
     parse_wrk,
+    wrk_version,
 )
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -39,6 +41,14 @@ def test_parse_wrk_reads_the_bench_line() -> None:
 def test_parse_wrk_without_the_line_is_an_error() -> None:
     with pytest.raises(ValueError, match="no BENCH line"):
         parse_wrk("unable to connect to 127.0.0.1:1 Connection refused\n")
+
+
+def test_wrk_version_is_the_first_two_words_of_its_banner(tmp_path: Path) -> None:
+    fake = tmp_path / "wrk"
+    fake.write_text('#!/bin/sh\necho "wrk debian/4.1.0-3+b2 [epoll] Copyright (C) 2012"\nexit 1\n')
+    fake.chmod(0o755)
+    assert wrk_version(str(fake)) == "wrk debian/4.1.0-3+b2"
+    assert WrkLoad(str(fake)).name == "wrk debian/4.1.0-3+b2, 1 thread"
 
 
 @pytest.mark.parametrize(
