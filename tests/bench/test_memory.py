@@ -56,4 +56,3 @@ async def test_peak_rss_sees_memory_allocated_while_work_runs() -> None:
     before = rss_bytes(os.getpid())
     peak = await peak_rss_while(os.getpid(), asyncio.ensure_future(allocate()))
     assert peak >= before + 50_000_000
-
