@@ -19,7 +19,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from billing.cycles import bucket_ms
+from billing.engine import StatementEngine
 from billing.events import now_ms
+from billing.scheduler import Scheduler
 from billing.store.sqlite import SqliteStore
 from billing.writer import EventWriter
 from proxy.admin.routes import build_admin_app, build_metrics_app
@@ -55,10 +57,11 @@ class MeterProxy:
             | {m.event_name for m in config.meters},
             meter_names=[m.name for m in config.meters],
         )
-        cycles = [p.cycle for p in config.plans]
-        self.store = SqliteStore(
-            config.storage.path, config.meters, bucket_ms(cycles, config.billing.timezone)
+        self.store = store_for(config, clock)
+        self.engine = StatementEngine(
+            self.store, config.plans, config.billing, [m.name for m in config.meters], clock=clock
         )
+        self.scheduler = Scheduler(self.engine, clock=clock)
         self.writer = EventWriter(
             self.store,
             flush_interval_ms=config.storage.flush_interval_ms,
@@ -82,7 +85,9 @@ class MeterProxy:
 
     async def start(self) -> None:
         await self.store.open()
+        await self.engine.open()
         self._spawn(self.writer.run(), "event-writer")
+        self._spawn(self.scheduler.run(), "billing-scheduler")
         await self.reload_keys()
         self._spawn(self._poll_keys(), "key-refresher")
         self._session = _upstream_session(self.config)
@@ -220,6 +225,14 @@ class MeterProxy:
 
     def port(self, name: str) -> int:
         return self.addresses[name][1]
+
+
+def store_for(config: Config, clock: Callable[[], int] = now_ms) -> SqliteStore:
+    """The configured store, not opened yet: its aggregate buckets fit every plan's periods."""
+    cycles = [p.cycle for p in config.plans]
+    return SqliteStore(
+        config.storage.path, config.meters, bucket_ms(cycles, config.billing.timezone), clock=clock
+    )
 
 
 def _fingerprints(config: Config) -> list[str]:
