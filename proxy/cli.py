@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         ("run", "start the proxy and admin listeners"),
         ("check", "validate a configuration without starting anything"),
         ("rebuild", "rebuild the usage aggregates from the raw events"),
+        ("verify", "recompute every final statement from the raw events and compare"),
     ):
         sub = commands.add_parser(name, help=text, parents=[common])
         sub.add_argument("-c", "--config", required=True, metavar="FILE")
@@ -57,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(config)
     if args.command == "rebuild":
         return _run(_rebuild(config))
+    if args.command == "verify":
+        return _run(_verify(config))
     return _run(_serve(config))
 
 
@@ -114,16 +117,34 @@ def _reload(mp: object) -> None:
 
 
 async def _rebuild(config: Config) -> int:
-    from proxy.app import MeterProxy
+    from proxy.app import store_for
 
-    mp = MeterProxy(config)
-    await mp.store.open()
-    try:
-        await mp.store.rebuild_aggregates()
-    finally:
-        await mp.store.close()
+    store = store_for(config)
+    await store.open(rebuild_all=True)  # opening rebuilds: each meter once
+    await store.close()
     log.info("aggregates rebuilt for %d meters", len(config.meters))
     return 0
+
+
+async def _verify(config: Config) -> int:
+    """Print each final statement that differs from its recomputation; 1 if any does."""
+    from billing.verify import verify
+    from proxy.app import store_for
+
+    store = store_for(config)
+    await store.open()
+    checked = differ = 0
+    try:
+        async for difference in verify(store, config.billing.timezone):
+            checked += 1
+            if difference is not None:
+                differ += 1
+                for problem in difference.problems:
+                    print(f"{difference.statement_id} ({difference.customer_id}): {problem}")
+    finally:
+        await store.close()
+    print(f"{checked} final statements verified, {differ} differ")
+    return 1 if differ else 0
 
 
 if __name__ == "__main__":
