@@ -121,8 +121,9 @@ class SqliteStore(SqliteLedger):
 
     # ----------------------------------------------------------------- lifecycle
 
-    async def open(self) -> None:
-        """Open the file (creating it), migrate the schema, rebuild changed meters' aggregates.
+    async def open(self, *, rebuild_all: bool = False) -> None:
+        """Open the file (creating it), migrate the schema, rebuild changed meters' aggregates
+        (every meter's with `rebuild_all`: `meterproxy rebuild`).
 
         Raises StoreError when the file cannot be opened or migrated, or holds a schema
         newer than this version knows.
@@ -130,7 +131,7 @@ class SqliteStore(SqliteLedger):
         try:
             await migrate(await self._open_writer(), self._clock())
             await self._open_readers()
-            await self._sync_meters()
+            await self._sync_meters(rebuild_all)
         except sqlite3.Error as exc:
             await self.close()
             raise StoreError(f"{self._path}: {exc}") from exc
@@ -293,9 +294,10 @@ class SqliteStore(SqliteLedger):
         return (meter.name, meter.fingerprint(), self._bucket_ms,
                 self._bucket_ms * ROLLUP_BUCKETS)
 
-    async def _sync_meters(self) -> None:
+    async def _sync_meters(self, rebuild_all: bool) -> None:
         """Rebuild the meters whose definition or bucket size changed since their aggregates
-        were built (and new ones); forget the aggregates of meters no longer configured."""
+        were built (and new ones; all with `rebuild_all`); forget the aggregates of meters no
+        longer configured."""
         built = {row[0]: tuple(row) for row in await self._read(
             "SELECT meter, fingerprint, bucket_ms, rollup_ms FROM meter_state"
         )}
@@ -309,8 +311,9 @@ class SqliteStore(SqliteLedger):
             _log.info("dropped the aggregates of removed meters: %s", ", ".join(gone))
         for meter in self._meters.values():
             was = built.get(meter.name)
-            if was != self._built_with(meter):
-                reason = "new meter" if was is None else "definition or bucket size changed"
+            if rebuild_all or was != self._built_with(meter):
+                reason = ("rebuild requested" if rebuild_all else "new meter" if was is None
+                          else "definition or bucket size changed")
                 _log.info("rebuilding the aggregates of meter %s (%s)", meter.name, reason)
                 await self._rebuild(meter)
 
