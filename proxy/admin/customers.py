@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from billing.engine import CustomerDeleted, PlanView
 from billing.events import format_timestamp
 from billing.store.base import ApiKey, Customer, DuplicateKey
 from proxy.admin.jsonout import json_response
@@ -21,10 +22,14 @@ MIN_IMPORTED_KEY_CHARS = 16
 MAX_KEY_CHARS = 256
 
 
-def customer_json(c: Customer, mp: MeterProxy) -> dict[str, Any]:
+def customer_json(c: Customer, view: PlanView) -> dict[str, Any]:
+    """A customer with its plan now and the change assigned for its next period."""
+    pending = view.pending_from_ms
     return {
         "customer_id": c.customer_id,
-        "plan": c.plan or mp.config.billing.default_plan,
+        "plan": view.plan,
+        "pending_plan": view.pending_plan,
+        "pending_from": None if pending is None else format_timestamp(pending),
         "created_at": format_timestamp(c.created_at_ms),
         "deleted_at": format_timestamp(c.deleted_at_ms) if c.deleted_at_ms else None,
     }
@@ -39,27 +44,47 @@ def key_json(k: ApiKey) -> dict[str, Any]:
     }
 
 
+async def customers_json(customers: list[Customer], mp: MeterProxy) -> list[dict[str, Any]]:
+    views = await mp.engine.plan_views(customers)
+    return [customer_json(c, views[c.customer_id]) for c in customers]
+
+
 async def list_customers(request: web.Request, mp: MeterProxy) -> web.Response:
     limit, offset = page(request)
     customers = await mp.store.list_customers(limit, offset)
-    return json_response({"items": [customer_json(c, mp) for c in customers]})
+    return json_response({"items": await customers_json(customers, mp)})
 
 
 async def get_customer(request: web.Request, mp: MeterProxy) -> web.Response:
     customer = await mp.store.get_customer(customer_id(request))
     if customer is None:
         raise not_found("no such customer")
-    return json_response(customer_json(customer, mp))
+    return json_response((await customers_json([customer], mp))[0])
 
 
 async def put_customer(request: web.Request, mp: MeterProxy) -> web.Response:
+    """Assign a plan (null: the default plan) from the end of the current period."""
     cid = customer_id(request)
     body = await json_body(request)
     plan = body.get("plan")
     if plan is not None and plan not in {p.name for p in mp.config.plans}:
         raise bad_request(f"unknown plan {plan!r}", code="unknown_plan")
-    customer = await mp.store.set_customer_plan(cid, plan, mp.clock())
-    return json_response(customer_json(customer, mp))
+    try:
+        customer = await mp.engine.change_plan(cid, plan)
+    except CustomerDeleted:
+        raise ApiError(409, "customer_deleted", "a deleted customer cannot change plan") from None
+    return json_response((await customers_json([customer], mp))[0])
+
+
+async def delete_customer(request: web.Request, mp: MeterProxy) -> web.Response:
+    """Revoke the customer's keys and end its current period now; later events are stored
+    but not billed. Deleting again changes nothing."""
+    customer = await mp.store.delete_customer(customer_id(request), mp.clock())
+    if customer is None:
+        raise not_found("no such customer")
+    await mp.reload_keys()
+    mp.scheduler.wake()  # its period has just ended: draft it now
+    return json_response((await customers_json([customer], mp))[0])
 
 
 async def create_key(request: web.Request, mp: MeterProxy) -> web.Response:

@@ -11,7 +11,8 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from billing.ingest import MAX_BODY_BYTES
-from proxy.admin import customers, events
+from billing.store.base import StoreError
+from proxy.admin import billing, customers, events
 from proxy.admin.jsonout import json_response
 from proxy.admin.params import ApiError
 from proxy.errors import error_response
@@ -68,6 +69,9 @@ def _middlewares(mp: MeterProxy) -> list[Any]:
             return await handler(request)
         except ApiError as exc:
             return error_response(exc.status, exc.code, str(exc), **exc.extra)
+        except StoreError as exc:
+            log.error("admin %s %s: the store failed: %s", request.method, request.path, exc)
+            return error_response(503, "store_unavailable", "the store cannot answer now")
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -109,6 +113,15 @@ def build_admin_app(mp: MeterProxy) -> web.Application:
         ("POST", "/v1/customers/{customer_id}/keys", customers.create_key),
         ("GET", "/v1/customers/{customer_id}/keys", customers.list_keys),
         ("DELETE", "/v1/customers/{customer_id}/keys/{key_id}", customers.revoke_key),
+        ("DELETE", "/v1/customers/{customer_id}", customers.delete_customer),
+        ("GET", "/v1/customers/{customer_id}/usage", billing.usage),
+        ("POST", "/v1/customers/{customer_id}/credits", billing.grant_credits),
+        ("GET", "/v1/customers/{customer_id}/credits", billing.list_credits),
+        ("POST", "/v1/customers/{customer_id}/adjustments", billing.add_adjustment),
+        ("GET", "/v1/customers/{customer_id}/adjustments", billing.list_adjustments),
+        ("GET", "/v1/statements", billing.list_statements),
+        ("GET", "/v1/statements/{statement_id}", billing.get_statement),
+        ("POST", "/v1/billing/run", billing.run_billing),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, _bind(mp, handler))
