@@ -31,6 +31,7 @@ from proxy.listener import ProxyServer
 from proxy.metrics import Metrics
 from proxy.observer import MetricsObserver
 from proxy.state import KeySource, ProxyState
+from proxy.usage_metrics import UsageCollector
 from rules.identify import KeyRing
 
 log = logging.getLogger("meterproxy")
@@ -71,6 +72,13 @@ class MeterProxy:
             clock=clock,
         )
         self.metrics.store_pending.set_function(lambda: self.writer.pending)
+        self.usage_metrics = UsageCollector(
+            self.engine,
+            [m.name for m in config.meters],
+            clock=clock,
+            max_customers=config.metrics.max_customers if config.metrics.customer_labels else None,
+        )
+        self.registry.register(self.usage_metrics)
         self.key_source = KeySource()
         self._drains = asyncio.Semaphore(config.proxy.max_concurrent_drains)
         self.draining = False

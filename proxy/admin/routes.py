@@ -147,9 +147,21 @@ def _health_routes(app: web.Application, mp: MeterProxy, readiness: bool = True)
         return json_response({"status": "ready"})
 
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", make_aiohttp_handler(mp.registry))
+    app.router.add_get("/metrics", _metrics_handler(mp))
     if readiness:
         app.router.add_get("/readyz", readyz)
+
+
+def _metrics_handler(mp: MeterProxy) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """/metrics: refresh the open-period usage from the store first (awaited here: the
+    collectors run synchronously inside the event loop), then render the registry."""
+    render = make_aiohttp_handler(mp.registry)
+
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        await mp.usage_metrics.refresh()
+        return await render(request)
+
+    return metrics
 
 
 async def list_meters(request: web.Request, mp: MeterProxy) -> web.Response:
