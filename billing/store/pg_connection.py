@@ -33,7 +33,10 @@ class StoreUnreachable(StoreError):
 class Connection(Protocol):
     """The part of asyncpg.Connection the store uses."""
 
-    async def execute(self, query: str, *args: Any) -> str: ...
+    # asyncpg's own signature: on timeout the server cancels the statement.
+    async def execute(
+        self, query: str, *args: Any, timeout: float | None = None  # noqa: ASYNC109
+    ) -> str: ...
 
     async def fetch(self, query: str, *args: Any) -> list[Row]: ...
 

@@ -23,13 +23,16 @@ _log = logging.getLogger(__name__)
 
 # Any fixed bigint names the lock; this one spells "mp:schem" so that it reads in pg_locks.
 SCHEMA_LOCK = int.from_bytes(b"mp:schem", "big")
+# Waiting for another replica's migration, and a migration rewriting a large table, may both
+# outlast the pool's statement timeout (made for appends and reads).
+_LONG_TIMEOUT_S = 24 * 3600.0
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
 @asynccontextmanager
 async def schema_lock(conn: Connection) -> AsyncIterator[None]:
     """Hold the fleet-wide schema lock on this session for the block (waits for it)."""
-    await conn.execute("SELECT pg_advisory_lock($1)", SCHEMA_LOCK)
+    await conn.execute("SELECT pg_advisory_lock($1)", SCHEMA_LOCK, timeout=_LONG_TIMEOUT_S)
     try:
         yield
     finally:
@@ -65,7 +68,8 @@ async def migrate(conn: Connection, now_ms: int) -> None:
         async with conn.transaction():
             if await conn.fetchval("SELECT 1 FROM schema_migrations WHERE version = $1", version):
                 continue
-            await conn.execute(sql)  # no arguments: the simple protocol runs every statement
+            # No arguments: the simple protocol runs every statement of the file.
+            await conn.execute(sql, timeout=_LONG_TIMEOUT_S)
             await conn.execute(
                 "INSERT INTO schema_migrations VALUES ($1, $2, $3)", version, name, now_ms
             )
