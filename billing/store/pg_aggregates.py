@@ -4,8 +4,8 @@ An append touches a few thousand rows (every customer's bucket and rollup of eve
 The rows travel by binary COPY into per-session temporary tables, then one join reads or
 writes them all: asyncpg encodes array parameters element by element through isinstance
 checks of abstract base classes, which made array parameters cost more than the statements.
-The temporary tables are created once per connection (`prepare_connection`, the pool's init)
-and emptied by every commit.
+The temporary tables are created once per connection (`prepare_connection`, the pool's init),
+emptied when a merge starts and by every commit.
 """
 
 from __future__ import annotations
@@ -30,10 +30,13 @@ _TEMP_TABLES = """
 # Each touched row is one primary-key probe, so both joins below must be nested loops over
 # the temporary table. The planner misjudges young tables (no statistics until autovacuum
 # analyses them) and would hash all of meter_aggregates instead, a cost that grows with the
-# table; these settings last until the transaction ends. The joins also take the touched
-# meters as a parameter: a statement without parameters is planned once and that plan reused
-# however the table grows; with one, the pool's plan_cache_mode plans every execution afresh.
-_NESTED_LOOPS = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+# table; the SET LOCALs last until the transaction ends. A rebuild merges several times in
+# one transaction, so each merge starts from empty temporary tables. The joins also take the
+# touched meters as a parameter: a statement without parameters is planned once and that plan
+# reused however the table grows; with one, the pool's plan_cache_mode plans each execution.
+_START_MERGE = """
+    SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;
+    DELETE FROM touched_aggregates; DELETE FROM merged_aggregates"""
 _TOUCHED = f"""
     SELECT {_KEY}, {_VALUES} FROM touched_aggregates JOIN meter_aggregates USING ({_KEY})
     WHERE meter = ANY($1::text[])"""
@@ -59,7 +62,7 @@ async def stored_rows(
 ) -> dict[AggregateRowKey, Aggregate]:
     """The stored aggregate rows among `keys`; absent keys have no row. Call inside the
     transaction that will write them."""
-    await conn.execute(_NESTED_LOOPS)
+    await conn.execute(_START_MERGE)
     await conn.copy_records_to_table("touched_aggregates", records=keys)
     rows = await conn.fetch(_TOUCHED, _meters(keys))
     return {(row[0], row[1], row[2], row[3]): aggregate(row[4:]) for row in rows}

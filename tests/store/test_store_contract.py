@@ -646,3 +646,20 @@ async def test_key_lifecycle(store: Store) -> None:
     assert await store.list_keys("c1") == [
         ApiKey("k1", "c1", "sk_aaaaa", 10, 50), ApiKey("k2", "c1", "sk_bbbbb", 20, None)
     ]
+
+
+async def test_a_rebuild_longer_than_one_read_batch_equals_incremental(
+    backend: Backend, location: str, store: Store
+) -> None:
+    # 25,000 events: more than one batch of raw events read by a rebuild (10,000).
+    for i in range(25):
+        await store.append(
+            [event(f"e{i}-{j}", f"c{j % 7}", ts=(i * 1000 + j) * 17 % (3 * DAY), n=j % 5)
+             for j in range(1000)],
+            now_ms=i,
+        )
+    before = await aggregate_rows(backend, location)
+    await store.rebuild_aggregates(["tokens_sum", "tokens_last"])
+    assert await aggregate_rows(backend, location) == before
+    agg = await store.meter_aggregate("tokens_sum", "c3", -DAY, 4 * DAY)
+    assert agg is not None and agg.count == sum(1 for j in range(1000) if j % 7 == 3) * 25
