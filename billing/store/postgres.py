@@ -118,9 +118,10 @@ class PostgresStore:
 
     # ----------------------------------------------------------------- lifecycle
 
-    async def open(self) -> None:
-        """Connect, migrate the schema and rebuild changed meters' aggregates, holding the
-        fleet's schema lock so that replicas starting together do each step once.
+    async def open(self, *, rebuild_all: bool = False) -> None:
+        """Connect, migrate the schema and rebuild changed meters' aggregates (every meter's
+        with `rebuild_all`: `meterproxy rebuild`), holding the fleet's schema lock so that
+        replicas starting together do each step once.
 
         Raises StoreUnreachable when the server cannot be reached, StoreError when the
         database refuses or holds a schema newer than this version knows.
@@ -131,7 +132,7 @@ class PostgresStore:
         try:
             async with self._connection() as conn, schema_lock(conn):
                 await migrate(conn, self._clock())
-                await self._sync_meters()
+                await self._sync_meters(rebuild_all)
         except BaseException:
             await self.close()
             raise
@@ -279,9 +280,10 @@ class PostgresStore:
         return (meter.name, meter.fingerprint(), self._bucket_ms,
                 self._bucket_ms * ROLLUP_BUCKETS)
 
-    async def _sync_meters(self) -> None:
+    async def _sync_meters(self, rebuild_all: bool) -> None:
         """Rebuild the meters whose definition or bucket size changed since their aggregates
-        were built (and new ones); forget the aggregates of meters no longer configured."""
+        were built (and new ones; all with `rebuild_all`); forget the aggregates of meters no
+        longer configured."""
         built = {row[0]: tuple(row) for row in await self._read(
             "SELECT meter, fingerprint, bucket_ms, rollup_ms FROM meter_state"
         )}
@@ -293,8 +295,9 @@ class PostgresStore:
             _log.info("dropped the aggregates of removed meters: %s", ", ".join(gone))
         for meter in self._meters.values():
             was = built.get(meter.name)
-            if was != self._built_with(meter):
-                reason = "new meter" if was is None else "definition or bucket size changed"
+            if rebuild_all or was != self._built_with(meter):
+                reason = ("rebuild requested" if rebuild_all else "new meter" if was is None
+                          else "definition or bucket size changed")
                 _log.info("rebuilding the aggregates of meter %s (%s)", meter.name, reason)
                 await self._rebuild(meter)
 
