@@ -1,16 +1,23 @@
-"""The billing figures' slot in the table. The billing engine's admin routes are still
-being built, so these rows say "not measured yet"; the probe notices when the routes
-appear, so the table then says that the measurement is due rather than staying silent."""
+"""The billing rows. The usage preview is measured on the running meterproxy once the soak
+has stored its events (10,000 customers, the reference monthly plan); the full period close
+needs periods that have ended over 10M events, which a 10-minute run cannot build, so its
+row says "not measured yet" and why. Before the billing routes existed both rows said so."""
 
 from __future__ import annotations
 
+import random
+import time
+from collections.abc import Sequence
+
 import aiohttp
 
+from bench.loadgen import CUSTOMERS, customer_id
 from bench.report import NOT_MEASURED, Row
+from bench.stats import percentile
 
-USAGE_FIGURE = "billing: usage preview, 10,000 customers / 10M events (ms)"
-CLOSE_FIGURE = "billing: full period close, 10,000 customers / 10M events (s)"
 TARGET = "see the billing issue"
+CLOSE_FIGURE = "billing: full period close, 10,000 customers / 10M events (s)"
+CLOSE_WHY = "needs ended periods over 10M events: more than a 10-minute run can store"
 
 
 async def route_exists(session: aiohttp.ClientSession, method: str, url: str) -> bool:
@@ -19,16 +26,48 @@ async def route_exists(session: aiohttp.ClientSession, method: str, url: str) ->
         return response.status != 404
 
 
-async def rows(admin_url: str, token: str, customer: str) -> list[Row]:
-    """Two "not measured yet" rows, saying whether their routes exist by now."""
+async def preview_ms(session: aiohttp.ClientSession, admin_url: str, customer: str) -> float:
+    """Milliseconds for one usage preview; RuntimeError unless it answers 200."""
+    started = time.perf_counter()
+    async with session.get(f"{admin_url}/v1/customers/{customer}/usage") as response:
+        body = await response.read()
+        if response.status != 200:
+            raise RuntimeError(f"usage preview of {customer}: {response.status} {body[:200]!r}")
+    return (time.perf_counter() - started) * 1000
+
+
+async def rows(admin_url: str, token: str, customers: Sequence[str], events: int) -> list[Row]:
+    """The preview row (timed once per customer in `customers` when the route exists) and
+    the close row. `events` is about how many events the store holds."""
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession(headers=headers) as session:
-        usage = await route_exists(session, "GET", f"{admin_url}/v1/customers/{customer}/usage")
-        # GET, not POST: a 405 proves the route without running billing.
+        # The other method: a 405 proves the route whether or not the customer exists,
+        # and without running billing.
+        usage = await route_exists(session, "POST", f"{admin_url}/v1/customers/probe/usage")
         close = await route_exists(session, "GET", f"{admin_url}/v1/billing/run")
-    return [_row(USAGE_FIGURE, usage), _row(CLOSE_FIGURE, close)]
+        found = [await preview_ms(session, admin_url, c) for c in (customers if usage else ())]
+    figure = f"billing: usage preview, {CUSTOMERS:,} customers, ~{events / 1e6:.1f}M events (ms)"
+    return [_preview_row(figure, found), _close_row(close)]
 
 
-def _row(figure: str, exists: bool) -> Row:
-    why = "route now exists: add its measurement" if exists else "route not built yet"
-    return Row(figure=figure, meterproxy=NOT_MEASURED, result=why, target=TARGET)
+def sample_customers(n: int, seed: int = 7) -> list[str]:
+    """`n` benchmark customer ids drawn at random (repeatably) from all 10,000."""
+    rng = random.Random(seed)
+    return [customer_id(rng.randrange(CUSTOMERS)) for _ in range(n)]
+
+
+def _preview_row(figure: str, found: list[float]) -> Row:
+    if not found:
+        return Row(figure=figure, meterproxy=NOT_MEASURED, result="route not built yet")
+    p50, p99 = percentile(found, 50), percentile(found, 99)
+    return Row(
+        figure=figure,
+        meterproxy=f"p50 {p50:.1f}, p99 {p99:.1f}",
+        result=f"{len(found)} customers",
+        target=TARGET,
+    )
+
+
+def _close_row(exists: bool) -> Row:
+    why = CLOSE_WHY if exists else "route not built yet"
+    return Row(figure=CLOSE_FIGURE, meterproxy=NOT_MEASURED, result=why, target=TARGET)

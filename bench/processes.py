@@ -87,13 +87,12 @@ class Processes:
     ) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("wb")
         process = subprocess.Popen(
-            list(args),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+            list(args), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
         log.close()  # the child holds its own descriptor
+        # Set right after exec (not in preexec_fn, unsafe with threads): the child is still
+        # starting up, so the threads and worker processes it makes later inherit the set.
+        os.sched_setaffinity(process.pid, cpus)
         self._started.append(process)
         return process
 

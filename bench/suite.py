@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench import billing_slot, calls, ingest, memory, pyspy, sse
 from bench.fleet import ADMIN_TOKEN, Fleet, start_fleet
-from bench.loadgen import CUSTOMERS, LoadGenerator, customer_id, pick_generator
+from bench.loadgen import CUSTOMERS, LoadGenerator, pick_generator
 from bench.processes import Processes, cpu_split, rss_bytes
 from bench.report import Row, machine_lines, render_table, verdict
 
@@ -40,14 +40,15 @@ class Plan:
     stream_bytes: int
     ingest_batches: int
     profile_s: float
+    previews: int  # usage previews timed, of random customers
     budget_s: float  # the whole run; the soak is cut short to stay within it
     reserve_s: float  # kept for the phases after the soak
     sse_events: int = 1000
     sse_interval_us: int = 1000
 
 
-FULL = Plan("full", 3, 4, 3, 1_000_000, 1_000_000_000, 200, 15, 575, 50)
-QUICK = Plan("quick", 1, 2, 1, 30_000, 100_000_000, 20, 5, 100, 25)
+FULL = Plan("full", 3, 4, 3, 1_000_000, 1_000_000_000, 200, 15, 300, 590, 55)
+QUICK = Plan("quick", 1, 2, 1, 30_000, 100_000_000, 20, 5, 30, 100, 25)
 
 
 @dataclass
@@ -89,8 +90,13 @@ async def _measure(plan: Plan, fleet: Fleet, load: LoadGenerator, started: float
     budget = plan.budget_s - plan.reserve_s - (time.monotonic() - started)
     await _soak(plan, fleet, load, out, rss_start, budget)
     await _streams(plan, fleet, out)
-    await _ingest(plan, fleet, out)
-    out.rows.extend(await billing_slot.rows(fleet.admin_url, ADMIN_TOKEN, customer_id(1)))
+    ingested = await _ingest(plan, fleet, out)
+    events = 2 * out.served + ingested  # each soak request stores api.call and bandwidth
+    out.rows.extend(
+        await billing_slot.rows(
+            fleet.admin_url, ADMIN_TOKEN, billing_slot.sample_customers(plan.previews), events
+        )
+    )
     return out
 
 
@@ -208,7 +214,8 @@ async def _streams(plan: Plan, fleet: Fleet, out: Outcome) -> None:
     )
 
 
-async def _ingest(plan: Plan, fleet: Fleet, out: Outcome) -> None:
+async def _ingest(plan: Plan, fleet: Fleet, out: Outcome) -> int:
+    """Measure ingest; how many events it stored."""
     bodies = ingest.batch_bodies(plan.ingest_batches)
     done = await ingest.ingest(fleet.admin_url, ADMIN_TOKEN, bodies)
     if done.stored != done.sent:
@@ -223,6 +230,7 @@ async def _ingest(plan: Plan, fleet: Fleet, out: Outcome) -> None:
             verdict=verdict(done.per_second >= MIN_INGEST_PER_S),
         )
     )
+    return done.stored
 
 
 def _report(plan: Plan, out: Outcome, generator: str, nginx: str, seconds: float) -> str:

@@ -80,9 +80,25 @@ async def test_ingest_counts_new_events_once(fleet: Fleet) -> None:
     assert (again.sent, again.stored) == (2 * ingest.BATCH, 0)
 
 
-async def test_billing_rows_are_never_faked(fleet: Fleet) -> None:
-    rows = await billing_slot.rows(fleet.admin_url, ADMIN_TOKEN, "cus_00001")
-    assert [row.meterproxy for row in rows] == [NOT_MEASURED, NOT_MEASURED]
+async def test_billing_preview_is_timed_and_the_close_never_faked(fleet: Fleet) -> None:
+    async with aiohttp.ClientSession(headers={"X-Customer-Id": "cus_bill"}) as session:
+        async with session.get(fleet.target("meterproxy").url + "/v1/items"):
+            pass
+        await _event_names(session, fleet.admin_url, "cus_bill", expected=2)
+    preview, close = await billing_slot.rows(fleet.admin_url, ADMIN_TOKEN, ["cus_bill"] * 3, 2)
+    assert preview.meterproxy.startswith("p50 ") and preview.result == "3 customers"
+    assert close.meterproxy == NOT_MEASURED
+
+
+async def test_a_preview_that_fails_is_an_error(fleet: Fleet) -> None:
+    with pytest.raises(RuntimeError, match="usage preview of cus_nobody: 404"):
+        await billing_slot.rows(fleet.admin_url, ADMIN_TOKEN, ["cus_nobody"], 0)
+
+
+def test_customer_samples_are_benchmark_ids_and_repeatable() -> None:
+    sample = billing_slot.sample_customers(50)
+    assert sample == billing_slot.sample_customers(50)
+    assert all(c.startswith("cus_") and 0 <= int(c[4:]) < 10_000 for c in sample)
 
 
 async def test_stop_all_ends_every_process(tmp_path: Path) -> None:
