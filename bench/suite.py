@@ -147,8 +147,9 @@ async def _soak(
     out.profile = section
     if soaked.errors:
         out.notes.append(f"soak: {soaked.errors:,} failed requests at meterproxy")
-    curve = ", ".join(f"{rss / MB:.0f} MB" for _, rss in soaked.rss)
-    out.notes.append(f"meterproxy RSS after each {memory.SOAK_SLICE_S:.0f} s of the soak: {curve}")
+    if soaked.rss:
+        curve = ", ".join(f"{rss / MB:.0f} MB" for _, rss in soaked.rss)
+        out.notes.append(f"meterproxy RSS after each slice of the soak: {curve}")
     if out.served < plan.soak_requests:
         out.notes.append(f"soak: the time budget ended at {out.served:,} requests")
     growth = (rss_bytes(target.pid) - rss_start) / MB
