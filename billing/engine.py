@@ -84,16 +84,19 @@ class Preview:
 class StatementEngine:
     """Computes and stores statements for `plans` and `billing` (see the module docstring).
 
-    `clock` gives the wall time in ms; call `open()` once before anything else.
+    `clock` gives the wall time in ms; `write_batch` how many customers' statements one
+    write transaction holds. Call `open()` once before anything else.
     """
 
     def __init__(self, store: LedgerStore, plans: Sequence[Plan], billing: BillingSettings,
-                 meters: Sequence[str], *, clock: Callable[[], int] = now_ms) -> None:
+                 meters: Sequence[str], *, clock: Callable[[], int] = now_ms,
+                 write_batch: int = WRITE_BATCH) -> None:
         self._store = store
         self._plans = {plan.name: plan for plan in plans}
         self._billing = billing
         self._meters = tuple(meters)
         self._clock = clock
+        self._write_batch = write_batch
         self._setup = gather.Setup(self._plans, billing.default_plan,
                                    CycleBook((), billing.timezone))
         self._lock = asyncio.Lock()
@@ -117,8 +120,9 @@ class StatementEngine:
             async with self._store.billing_snapshot() as snap:
                 writes, due = await self._plan_run(snap, now)
             result = WriteResult()
-            for start in range(0, len(writes), WRITE_BATCH):
-                done = await self._store.write_statements(writes[start:start + WRITE_BATCH])
+            for start in range(0, len(writes), self._write_batch):
+                batch = writes[start:start + self._write_batch]
+                done = await self._store.write_statements(batch)
                 result = WriteResult(result.drafted + done.drafted,
                                      result.finalized + done.finalized,
                                      result.skipped + done.skipped)

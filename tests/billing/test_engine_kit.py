@@ -118,12 +118,13 @@ def manual(statement: Statement) -> list[ManualLine]:
 
 async def open_billing(path: Path, *, plans: Sequence[Plan] = PLANS,
                        default_plan: str | None = "examples", grace_ms: int = GRACE,
-                       clock: Clock | None = None) -> Billing:
+                       clock: Clock | None = None, write_batch: int = 500) -> Billing:
     clock = clock or Clock()
     bucket = bucket_ms([p.cycle for p in plans], UTC)
     store = SqliteStore(str(path), METERS, bucket, clock=clock)
     await store.open()
     settings = BillingSettings(default_plan, UTC, grace_ms)
-    engine = StatementEngine(store, plans, settings, [m.name for m in METERS], clock=clock)
+    engine = StatementEngine(store, plans, settings, [m.name for m in METERS], clock=clock,
+                             write_batch=write_batch)
     await engine.open()
     return Billing(path, clock, store, engine)
