@@ -68,7 +68,8 @@ class Scheduler:
                              result.drafted, result.finalized)
                 await self._finish(error=False)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._woken.wait(), delay)
+                async with asyncio.timeout(delay):  # no helper task, unlike wait_for on 3.11
+                    await self._woken.wait()
 
     async def finished(self, count: int) -> None:
         """Wait until `count` runs (successful or not) have finished in all."""
