@@ -53,6 +53,12 @@ class _Uuid7:
         self._lock = threading.Lock()
         self._last_ms = 0
         self._counter = 0
+        self._pool = b""
+        self._used = 0
+        os.register_at_fork(after_in_child=self._forget_pool)
+
+    def _forget_pool(self) -> None:
+        self._pool, self._used = b"", 0
 
     def __call__(self) -> str:
         ms = time.time_ns() // 1_000_000
@@ -67,7 +73,11 @@ class _Uuid7:
                 self._counter = 0
             self._last_ms = ms
             counter = self._counter
-        rand = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
+            if self._used == len(self._pool):
+                self._pool, self._used = os.urandom(4096), 0
+            raw = self._pool[self._used : self._used + 8]
+            self._used += 8
+        rand = int.from_bytes(raw, "big") & 0x3FFF_FFFF_FFFF_FFFF
         value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand
         h = f"{value:032x}"
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

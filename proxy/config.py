@@ -8,6 +8,7 @@ rules/ (rules, customers), billing/ (meters, plans, billing) and this module
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -80,11 +81,17 @@ class ProxySettings:
     def is_trusted(self, peer: str | None) -> bool:
         if not peer:
             return False
-        try:
-            address = ipaddress.ip_address(peer.split("%", 1)[0])
-        except ValueError:
-            return False
-        return any(address in network for network in self.trusted_proxies)
+        return _trusted(peer, self.trusted_proxies)
+
+
+@functools.lru_cache(maxsize=4096)
+def _trusted(peer: str, networks: tuple[IpNetwork, ...]) -> bool:
+    # Parsed once per peer address: a sidecar sees the same few peers on every request.
+    try:
+        address = ipaddress.ip_address(peer.split("%", 1)[0])
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
 
 
 @dataclass(frozen=True)

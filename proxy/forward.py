@@ -127,7 +127,11 @@ class Forwarder:
         if customers.is_public(x.norm_path) or _is_preflight(request):
             return None
         verdict, customer = identify_request(
-            customers, request.headers, _query(x), state.is_trusted(request.remote), state.keys
+            customers,
+            request.headers,
+            lambda: x.query,
+            state.is_trusted(request.remote),
+            state.keys,
         )
         if verdict is Verdict.BAD_KEY:
             state.metrics.count_proxy_error("bad_key")
@@ -599,10 +603,6 @@ def _short(exc: BaseException, limit: int = 200) -> str:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _query(x: Exchange) -> Any:
-    return x.query
 
 
 def _is_preflight(request: web.BaseRequest) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -87,12 +88,19 @@ def client_response_headers(
     headers: CIMultiDictProxy[str], strip: Iterable[HeaderGlob]
 ) -> CIMultiDict[str]:
     """The upstream's headers as the client gets them: hop-by-hop and stripped removed."""
-    skip = HOP_BY_HOP | connection_tokens(headers)
+    tokens = connection_tokens(headers)
+    skip = HOP_BY_HOP | tokens if tokens else HOP_BY_HOP
     globs = tuple(strip)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lower = name.lower()
-        if lower in skip or any(g.match(lower) for g in globs):
+        if lower in skip or (globs and _stripped(lower, globs)):
             continue
         out.add(name, value)
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _stripped(lower_name: str, globs: tuple[HeaderGlob, ...]) -> bool:
+    # Header names repeat across responses: match each name against the globs once.
+    return any(g.match(lower_name) for g in globs)

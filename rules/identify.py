@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal
@@ -97,11 +97,14 @@ class KeyRing:
 def identify_request(
     config: CustomersConfig,
     headers: Any,
-    query: Any,
+    query: Callable[[], Any],
     trusted_peer: bool,
     keys: KeyRing,
 ) -> tuple[Verdict, str | None]:
-    """Apply the request-time sources in order; the first that yields a valid id wins."""
+    """Apply the request-time sources in order; the first that yields a valid id wins.
+
+    `query` gives the parsed query string; it is called only if a source needs it.
+    """
     for source in config.sources:
         if isinstance(source, ApiKeySource):
             presented = _presented_key(headers.get(source.header), source.scheme)
@@ -115,7 +118,7 @@ def identify_request(
                 continue
             value = headers.get(selector.arg)
         elif selector.source == "request.query":
-            value = query.get(selector.arg)
+            value = query().get(selector.arg)
         else:
             continue
         if valid_customer_id(value):

@@ -190,7 +190,7 @@ def headers(**h: str) -> CIMultiDictProxy[str]:
 def test_identify_request(
     hdrs: Any, query: dict[str, str], trusted: bool, expected: tuple[Verdict, str | None]
 ) -> None:
-    assert identify_request(CONFIG, hdrs, query, trusted, RING) == expected
+    assert identify_request(CONFIG, hdrs, lambda: query, trusted, RING) == expected
 
 
 def test_identify_response() -> None:
