@@ -44,28 +44,23 @@ class Earlier:
 
 async def accounts(snap: LedgerSnapshot, setup: Setup, ids: Ids = None) -> list[Account]:
     """The accounts of the customers (all when `ids` is None), ordered by id."""
-    customers = await snap.customers(ids)
-    assignments = await snap.assignments(ids)
-    heads = await snap.heads(ids)
-    grants = await snap.grants(ids)
-    burns = await snap.burns(ids)
-    pending = await snap.pending_adjustments(ids)
+    data = await snap.accounts(ids)
     found = []
-    for customer in customers:
+    for customer in data.customers:
         cid = customer.customer_id
-        own = heads.get(cid, [])
+        own = data.heads.get(cid, [])
         finals = [h for h in own if h.status == "final"]
         burned: dict[str, Decimal] = {}
-        for burn in burns.get(cid, ()):
+        for burn in data.burns.get(cid, ()):
             if burn.status == "final":
                 burned[burn.grant_id] = EXACT.add(burned.get(burn.grant_id, Decimal(0)),
                                                   burn.credits)
-        timeline = Timeline(customer, assignments.get(cid, ()), setup.plans,
+        timeline = Timeline(customer, data.assignments.get(cid, ()), setup.plans,
                             setup.default_plan, setup.cycles)
         found.append(Account(
             customer, timeline, finals[-1] if finals else None,
-            tuple(h for h in own if h.status == "draft"), tuple(grants.get(cid, ())),
-            burned, tuple(pending.get(cid, ())),
+            tuple(h for h in own if h.status == "draft"), tuple(data.grants.get(cid, ())),
+            burned, tuple(data.pending.get(cid, ())),
         ))
     return found
 

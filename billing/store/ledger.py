@@ -150,6 +150,21 @@ class AdjustmentEntry:
     statement_id: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class AccountData:
+    """What a snapshot holds of some customers: the customers by id, then per customer id
+    (absent: nothing of that kind) its plan history (oldest first), its latest final
+    statement and every draft (by period start), its API credit grants, their burns
+    (drafts' included) and its manual adjustments that no final statement took."""
+
+    customers: list[Customer]
+    assignments: dict[str, list[PlanAssignment]]
+    heads: dict[str, list[StatementHead]]
+    grants: dict[str, list[CreditGrant]]
+    burns: dict[str, list[Burn]]
+    pending: dict[str, list[ManualAdjustment]]
+
+
 # --------------------------------------------------------------------- interfaces
 
 Ids = Sequence[str] | None  # customer ids; None: every customer
@@ -162,23 +177,11 @@ class LedgerSnapshot(Protocol):
     async def watermark(self) -> int:
         """The largest ingested_at_ms in the snapshot (0: no events)."""
 
-    async def customers(self, ids: Ids = None) -> list[Customer]:
-        """The customers (every customer when `ids` is None), ordered by id."""
+    async def accounts(self, ids: Ids = None) -> AccountData:
+        """Everything the engine keeps per customer (every customer when `ids` is None)."""
 
     async def assignments(self, ids: Ids = None) -> dict[str, list[PlanAssignment]]:
         """Each customer's plan history, oldest first."""
-
-    async def heads(self, ids: Ids = None) -> dict[str, list[StatementHead]]:
-        """Each customer's latest final statement and every draft, by period start."""
-
-    async def grants(self, ids: Ids = None) -> dict[str, list[CreditGrant]]:
-        """Each customer's API credit grants."""
-
-    async def burns(self, ids: Ids = None) -> dict[str, list[Burn]]:
-        """Each customer's API grant burns, drafts' included."""
-
-    async def pending_adjustments(self, ids: Ids = None) -> dict[str, list[ManualAdjustment]]:
-        """Each customer's manual adjustments that no final statement took yet."""
 
     async def late_since(self, probes: Sequence[LateProbe]) -> dict[str, int]:
         """customer -> the earliest timestamp of its events matching its probe."""

@@ -16,10 +16,12 @@ import aiosqlite
 
 from billing.credits import CreditGrant
 from billing.cycles import Period
-from billing.meters import Aggregate, Meter, quantity
+from billing.meters import Aggregate, AggregationType, Meter
+from billing.money import EXACT
 from billing.statement import ManualAdjustment, StatementStatus
-from billing.store.base import ROLLUP_BUCKETS, Customer, fold_rows, merged, plan_read
+from billing.store.base import ROLLUP_BUCKETS, Customer, fold_rows, plan_read
 from billing.store.ledger import (
+    AccountData,
     Burn,
     Ids,
     LateProbe,
@@ -27,7 +29,6 @@ from billing.store.ledger import (
     StatementHead,
     StoredStatement,
 )
-from billing.store.sqlite_conn import aggregate_row
 
 T = TypeVar("T")
 
@@ -42,9 +43,10 @@ _GRANT_COLUMNS = (
 # Aggregate rows of a ReadPlan for a list of customers: rollup rows inside the rollup range,
 # bucket rows elsewhere; one primary-key range per customer.
 _PLANNED_AGGREGATES = """
-    SELECT a.customer_id, a.count, a.value, a.last_ts_ms, a.last_seq
-    FROM json_each(:customers) AS c CROSS JOIN meter_aggregates AS a
-    ON a.meter = :meter AND a.customer_id = c.value
+    SELECT a.meter, a.customer_id, a.count, a.value, a.last_ts_ms, a.last_seq
+    FROM json_each(:meters) AS m CROSS JOIN json_each(:customers) AS c
+    CROSS JOIN meter_aggregates AS a
+    ON a.meter = m.value AND a.customer_id = c.value
        AND a.bucket_start_ms >= :start AND a.bucket_start_ms < :end
        AND a.size_ms = CASE WHEN a.bucket_start_ms >= :rollup_start
                              AND a.bucket_start_ms < :rollup_end
@@ -55,6 +57,26 @@ _RAW_EDGE = """
     ON e.customer_id = c.value AND e.event_name = ? AND e.timestamp_ms >= ?
        AND e.timestamp_ms < ?
     ORDER BY e.seq"""
+_ACCOUNTS = """
+    SELECT
+      (SELECT json_group_array(json_array(id, created_at_ms, plan, deleted_at_ms))
+       FROM customers WHERE {id}),
+      (SELECT json_group_array(json_array(customer_id, effective_from_ms, plan))
+       FROM plan_assignments WHERE {customer}),
+      (SELECT json_group_array(json_array(""" + HEAD_COLUMNS + """))
+       FROM statements WHERE status = 'draft' AND {customer}),
+      (SELECT json_group_array(json_array(""" + HEAD_COLUMNS + """))
+       FROM statements WHERE (customer_id, period_start_ms) IN
+         (SELECT customer_id, MAX(period_start_ms) FROM statements
+          WHERE status = 'final' AND {customer} GROUP BY customer_id)),
+      (SELECT json_group_array(json_array(""" + _GRANT_COLUMNS + """))
+       FROM credit_grants WHERE {customer}),
+      (SELECT json_group_array(json_array(b.customer_id, s.period_start_ms, s.status, b.grant_id,
+                                          b.credits))
+       FROM credit_burns AS b JOIN statements AS s ON s.id = b.statement_id WHERE {burn}),
+      (SELECT json_group_array(json_array(customer_id, adjustment_id, amount, description,
+                                          created_at_ms))
+       FROM manual_adjustments WHERE statement_id IS NULL AND {customer})"""
 # Late events that waited long enough to be in the partial index...
 _LATE_INDEXED = f"""
     SELECT p.value ->> 0, MIN(e.timestamp_ms)
@@ -88,13 +110,27 @@ class SqliteLedgerSnapshot:
         rows = await self._rows("SELECT MAX(ingested_at_ms) FROM events")
         return int(next(iter(rows))[0] or 0)
 
-    async def customers(self, ids: Ids = None) -> list[Customer]:
-        where, params = _only(ids, "id")
-        rows = await self._rows(
-            f"SELECT id, created_at_ms, plan, deleted_at_ms FROM customers {where} ORDER BY id",
-            params,
+    async def accounts(self, ids: Ids = None) -> AccountData:
+        # One query, one trip to the connection's thread: each kind of row as a JSON array.
+        customer = "1" if ids is None else "customer_id IN (SELECT value FROM json_each(:ids))"
+        sql = _ACCOUNTS.format(customer=customer, id=customer.replace("customer_id", "id"),
+                               burn=customer.replace("customer_id", "b.customer_id"))
+        params = {} if ids is None else {"ids": json.dumps(list(ids))}
+        row = next(iter(await self._rows(sql, params)))
+        customers, assignments, drafts, finals, grants, burns, pending = (
+            json.loads(text) for text in row)
+        heads = sorted((head_from_row(h) for h in (*finals, *drafts)),
+                       key=lambda h: (h.customer_id, h.period.start_ms))
+        return AccountData(
+            customers=sorted((Customer(*c) for c in customers), key=lambda c: c.customer_id),
+            assignments=_grouped((a[0], PlanAssignment(a[1], a[2]))
+                                 for a in sorted(assignments, key=lambda a: (a[0], a[1]))),
+            heads=_grouped((h.customer_id, h) for h in heads),
+            grants=_grouped((g[0], grant_from_row(g[1:])) for g in grants),
+            burns=_grouped((b[0], Burn(b[1], cast(StatementStatus, b[2]), b[3], Decimal(b[4])))
+                           for b in burns),
+            pending=_grouped((m[0], adjustment_from_row(m[1:])) for m in pending),
         )
-        return [Customer(*row) for row in rows]
 
     async def assignments(self, ids: Ids = None) -> dict[str, list[PlanAssignment]]:
         where, params = _only(ids)
@@ -104,49 +140,6 @@ class SqliteLedgerSnapshot:
             params,
         )
         return _grouped((row[0], PlanAssignment(row[1], row[2])) for row in rows)
-
-    async def heads(self, ids: Ids = None) -> dict[str, list[StatementHead]]:
-        where, params = _only(ids)
-        and_where = where.replace("WHERE", "AND", 1)
-        drafts = await self._rows(
-            f"SELECT {HEAD_COLUMNS} FROM statements WHERE status = 'draft' {and_where}", params
-        )
-        finals = await self._rows(
-            f"SELECT {HEAD_COLUMNS} FROM statements WHERE (customer_id, period_start_ms) IN"
-            " (SELECT customer_id, MAX(period_start_ms) FROM statements"
-            f"  WHERE status = 'final' {and_where} GROUP BY customer_id)",
-            params,
-        )
-        heads = [head_from_row(row) for row in (*finals, *drafts)]
-        heads.sort(key=lambda h: (h.customer_id, h.period.start_ms))
-        return _grouped((head.customer_id, head) for head in heads)
-
-    async def grants(self, ids: Ids = None) -> dict[str, list[CreditGrant]]:
-        where, params = _only(ids)
-        rows = await self._rows(f"SELECT {_GRANT_COLUMNS} FROM credit_grants {where}", params)
-        return _grouped((row[0], grant_from_row(row[1:])) for row in rows)
-
-    async def burns(self, ids: Ids = None) -> dict[str, list[Burn]]:
-        where, params = _only(ids, "b.customer_id")
-        rows = await self._rows(
-            "SELECT b.customer_id, s.period_start_ms, s.status, b.grant_id, b.credits"
-            f" FROM credit_burns AS b JOIN statements AS s ON s.id = b.statement_id {where}",
-            params,
-        )
-        return _grouped(
-            (row[0], Burn(row[1], cast(StatementStatus, row[2]), row[3], Decimal(row[4])))
-            for row in rows
-        )
-
-    async def pending_adjustments(self, ids: Ids = None) -> dict[str, list[ManualAdjustment]]:
-        where, params = _only(ids)
-        rows = await self._rows(
-            "SELECT customer_id, adjustment_id, amount, description, created_at_ms"
-            f" FROM manual_adjustments WHERE statement_id IS NULL"
-            f" {where.replace('WHERE', 'AND', 1)}",
-            params,
-        )
-        return _grouped((row[0], adjustment_from_row(row[1:])) for row in rows)
 
     async def late_since(self, probes: Sequence[LateProbe]) -> dict[str, int]:
         indexed = json.dumps([(p.customer_id, p.after_ms, p.before_ms) for p in probes])
@@ -179,33 +172,25 @@ class SqliteLedgerSnapshot:
     async def quantities(
         self, meters: Sequence[str], customers: Sequence[str], period: Period
     ) -> dict[str, dict[str, Decimal]]:
-        found: dict[str, dict[str, Decimal]] = {}
-        for name in meters:
-            meter = self._meter(name)
-            totals = await self._aggregates(meter, customers, period)
-            found[name] = {c: quantity(meter.aggregation, agg) for c, agg in totals.items()}
-        return found
-
-    async def _aggregates(
-        self, meter: Meter, customers: Sequence[str], period: Period
-    ) -> dict[str, Aggregate]:
+        kinds = {name: self._meter(name) for name in meters}
+        rows: dict[str, list[Sequence[Any]]] = {name: [] for name in meters}
         plan = plan_read(period.start_ms, period.end_ms, self._bucket_ms)
         ids = json.dumps(list(customers))
-        totals: dict[str, Aggregate] = {}
-        kind = meter.aggregation
         if plan.buckets is not None:
             rollup_start, rollup_end = plan.rollups or (0, 0)
-            params = {"customers": ids, "meter": meter.name, "start": plan.buckets[0],
-                      "end": plan.buckets[1], "rollup_start": rollup_start,
-                      "rollup_end": rollup_end, "rollup_ms": self._bucket_ms * ROLLUP_BUCKETS,
+            params = {"meters": json.dumps(list(meters)), "customers": ids,
+                      "start": plan.buckets[0], "end": plan.buckets[1],
+                      "rollup_start": rollup_start, "rollup_end": rollup_end,
+                      "rollup_ms": self._bucket_ms * ROLLUP_BUCKETS,
                       "bucket_ms": self._bucket_ms}
             for row in await self._rows(_PLANNED_AGGREGATES, params):
-                totals[row[0]] = merged(kind, totals.get(row[0]), aggregate_row(row[1:]))
-        for start, end in plan.raw:
-            rows = await self._rows(_RAW_EDGE, (ids, meter.event_name, start, end))
-            for customer_id, edge in _fold_by_customer(meter, rows).items():
-                totals[customer_id] = merged(kind, totals.get(customer_id), edge)
-        return totals
+                rows[row[0]].append(row[1:])
+        for start, end in plan.raw:  # the unaligned edges, from the raw events
+            for name, meter in kinds.items():
+                raw = await self._rows(_RAW_EDGE, (ids, meter.event_name, start, end))
+                rows[name].extend((c, agg.count, agg.value, agg.last_ts, agg.last_seq)
+                                  for c, agg in _fold_by_customer(meter, raw).items())
+        return {name: reduce_rows(kinds[name].aggregation, rows[name]) for name in meters}
 
     def _meter(self, name: str) -> Meter:
         try:
@@ -251,6 +236,33 @@ def _grouped(pairs: Iterable[tuple[str, T]]) -> dict[str, list[T]]:
     for key, value in pairs:
         groups.setdefault(key, []).append(value)
     return groups
+
+
+def reduce_rows(kind: AggregationType, rows: Iterable[Sequence[Any]]) -> dict[str, Decimal]:
+    """customer -> quantity of aggregate rows (customer, count, value, last_ts, last_seq):
+    what `merge` over the rows and then `quantity` give, without building an Aggregate per
+    row (a period close reads millions of rows)."""
+    if kind == "count":
+        counts: dict[str, int] = {}
+        for customer_id, count, *_ in rows:
+            counts[customer_id] = counts.get(customer_id, 0) + count
+        return {c: Decimal(n) for c, n in counts.items()}
+    if kind in ("sum", "max"):
+        combine = EXACT.add if kind == "sum" else EXACT.max
+        found: dict[str, Decimal] = {}
+        for customer_id, _, value, *_ in rows:
+            number = Decimal(value)
+            known = found.get(customer_id)
+            found[customer_id] = number if known is None else combine(known, number)
+        return found
+    latest: dict[str, tuple[int, int, Decimal]] = {}
+    for customer_id, _, value, ts, seq in rows:
+        number, best = Decimal(value), latest.get(customer_id)
+        # the latest by (timestamp, seq); a full tie is broken by value, as `merge` does
+        if best is None or (ts, seq) > best[:2] or (
+                (ts, seq) == best[:2] and number.compare_total(best[2]) > 0):
+            latest[customer_id] = (ts, seq, number)
+    return {c: number for c, (_, _, number) in latest.items()}
 
 
 def _fold_by_customer(meter: Meter, rows: Iterable[Sequence[Any]]) -> dict[str, Aggregate]:

@@ -4,7 +4,9 @@ the schema itself keeps from changing."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from decimal import Decimal
@@ -12,8 +14,13 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from billing.credits import CreditGrant
+from billing.cycles import Period
+from billing.events import UsageEvent
+from billing.meters import quantity
 from billing.statement import ManualAdjustment
 from billing.store.base import Customer
 from billing.store.ledger import (
@@ -27,7 +34,17 @@ from billing.store.ledger import (
     WriteResult,
 )
 from billing.store.sqlite import SqliteStore
-from tests.billing.test_engine_kit import DAY, FEB, GRACE, JAN, METERS, Billing, event, open_billing
+from tests.billing.test_engine_kit import (
+    DAY,
+    FEB,
+    GRACE,
+    HOUR,
+    JAN,
+    METERS,
+    Billing,
+    event,
+    open_billing,
+)
 
 D = Decimal
 
@@ -183,3 +200,54 @@ async def test_late_usage_is_read_through_the_partial_index(billing: Billing) ->
     indexed = sql(billing.path, "SELECT COUNT(*) FROM events INDEXED BY events_late"
                                 " WHERE ingested_at_ms - timestamp_ms > 300000")
     assert indexed == [(1,)]  # only the event that waited a month
+
+
+# -------------------------------------------------------------- snapshot reads
+
+stamps = st.integers(JAN.start_ms - 2 * HOUR, JAN.start_ms + 3 * DAY)
+
+
+@st.composite
+def metered(draw: st.DrawFn) -> list[UsageEvent]:
+    kinds = {"api.call": None, "bandwidth": "bytes", "seats.reported": "seats",
+             "storage.snapshot": "gb"}
+    found = []
+    for i in range(draw(st.integers(0, 40))):
+        name = draw(st.sampled_from(sorted(kinds)))
+        key = kinds[name]
+        value = draw(st.sampled_from([D(1), D("2.0"), D("-3.25"), D(7), D("1e3")]))
+        found.append(UsageEvent(f"q{i}", draw(st.sampled_from("xyz")), name, draw(stamps),
+                                {} if key is None else {key: value}))
+    return found
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=metered(), bounds=st.tuples(stamps, stamps),
+       batch=st.integers(1, 40))
+def test_snapshot_quantities_equal_the_store_aggregates(
+    events: list[UsageEvent], bounds: tuple[int, int], batch: int
+) -> None:
+    start, end = sorted(bounds)
+    periods = [Period(JAN.start_ms, JAN.start_ms + DAY), Period(start, end + 1),
+               Period(JAN.start_ms - HOUR + 1, JAN.start_ms + 2 * DAY - 7)]
+
+    async def check(workdir: Path) -> None:
+        billing = await open_billing(workdir / "q.db")
+        try:
+            for i in range(0, len(events), batch):
+                await billing.append(events[i:i + batch], JAN.start_ms + i)
+            meters = [m.name for m in METERS]
+            for period in periods:
+                async with billing.store.billing_snapshot() as snap:
+                    read = await snap.quantities(meters, ["x", "y", "z"], period)
+                for meter in METERS:
+                    for customer in "xyz":
+                        agg = await billing.store.meter_aggregate(
+                            meter.name, customer, period.start_ms, period.end_ms)
+                        expected = None if agg is None else quantity(meter.aggregation, agg)
+                        assert read[meter.name].get(customer) == expected
+        finally:
+            await billing.store.close()
+
+    with tempfile.TemporaryDirectory() as workdir:
+        asyncio.run(check(Path(workdir)))
