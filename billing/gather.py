@@ -24,6 +24,8 @@ from billing.timeline import CycleBook, Timeline
 
 log = logging.getLogger(__name__)
 
+QUANTITY_CHUNK = 500  # customers per quantities read: bounds each reduction on the loop
+
 
 @dataclass(frozen=True, slots=True)
 class Setup:
@@ -77,10 +79,13 @@ async def quantities(snap: LedgerSnapshot,
             meters.update(p.meter for p in step.period.plan.prices)
     found: dict[str, dict[Period, dict[str, Decimal]]] = {}
     for span, (customers, meters) in by_span.items():
-        read = await snap.quantities(sorted(meters), sorted(customers), span)
-        for meter, per_customer in read.items():
-            for customer_id, quantity in per_customer.items():
-                found.setdefault(customer_id, {}).setdefault(span, {})[meter] = quantity
+        ordered = sorted(customers)
+        for start in range(0, len(ordered), QUANTITY_CHUNK):  # the loop runs between reads
+            chunk = ordered[start:start + QUANTITY_CHUNK]
+            read = await snap.quantities(sorted(meters), chunk, span)
+            for meter, per_customer in read.items():
+                for customer_id, quantity in per_customer.items():
+                    found.setdefault(customer_id, {}).setdefault(span, {})[meter] = quantity
     return dict(found)
 
 
