@@ -231,7 +231,7 @@ class StatementEngine:
         """The statement of the customer's period containing `at_ms`: the stored one when
         it is final, else computed as a run at `now_ms` (default: the clock) would write it,
         with everything ingested so far. None: no such customer, or no period contains
-        `at_ms`. Raises StoreError."""
+        `at_ms` (periods after the open one have not begun). Raises StoreError."""
         now = self._clock() if now_ms is None else now_ms
         async with self._store.billing_snapshot() as snap:
             found = await gather.accounts(snap, self._setup, [customer_id])
@@ -241,7 +241,8 @@ class StatementEngine:
             if account.final is not None and at_ms < account.final.period.end_ms:
                 stored = await snap.statement_at(customer_id, at_ms)
                 return None if stored is None else Preview(decode(stored.record), True, True)
-            steps, _ = plan_steps(account, now, self._billing.grace_period_ms, at_ms)
+            # through the open period at most: later periods have no usage yet
+            steps, _ = plan_steps(account, now, self._billing.grace_period_ms, min(at_ms, now))
             index = next((i for i, s in enumerate(steps) if s.period.span.contains(at_ms)), None)
             if index is None:
                 return None

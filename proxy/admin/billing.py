@@ -133,8 +133,9 @@ async def grant_credits(request: web.Request, mp: MeterProxy) -> web.Response:
 async def list_credits(request: web.Request, mp: MeterProxy) -> web.Response:
     """The customer's grants with what statements burned and what remains."""
     cid = await _existing_customer(request, mp)
+    limit, offset = page(request)
     now = mp.clock()
-    balances = await mp.store.grant_balances(cid)
+    balances = (await mp.store.grant_balances(cid))[offset:offset + limit]
     return json_response({"items": [_grant_json(b, now) for b in balances]})
 
 
@@ -174,7 +175,8 @@ async def add_adjustment(request: web.Request, mp: MeterProxy) -> web.Response:
 
 async def list_adjustments(request: web.Request, mp: MeterProxy) -> web.Response:
     cid = await _existing_customer(request, mp)
-    entries = await mp.store.list_adjustments(cid)
+    limit, offset = page(request)
+    entries = (await mp.store.list_adjustments(cid))[offset:offset + limit]
     return json_response({"items": [_adjustment_json(e) for e in entries]})
 
 

@@ -133,6 +133,8 @@ async def test_the_usage_preview_shows_the_open_period(admin: Admin) -> None:
     ("/v1/statements/st_nothing", {}, 404, "not_found"),
     ("/v1/customers/nobody/credits", {}, 404, "not_found"),
     ("/v1/customers/nobody/adjustments", {}, 404, "not_found"),
+    ("/v1/customers/acme/credits", {"page_size": "0"}, 400, "invalid_request"),
+    ("/v1/customers/acme/usage", {"at": "2026-03-01T00:00:00Z"}, 404, "not_found"),
 ])
 async def test_errors_are_json_with_a_stable_code(
     admin: Admin, path: str, params: dict[str, str], status: int, code: str
@@ -239,6 +241,8 @@ async def test_a_manual_adjustment_lands_on_the_next_final_statement(admin: Admi
     assert (final["subtotal"], final["total"]) == ("49.00", "38.99")
     [entry] = (await admin.ok("GET", "/v1/customers/acme/adjustments"))["items"]
     assert entry["statement_id"] == final["id"]
+    assert (await admin.ok("GET", "/v1/customers/acme/adjustments", page_number=1)
+            )["items"] == []
 
 
 # ------------------------------------------------------------ customers, plans
