@@ -8,10 +8,9 @@ rules/ (rules, customers), billing/ (meters, plans, billing) and this module
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from yarl import URL
@@ -78,15 +77,25 @@ class ProxySettings:
     server_timing: bool
     access_log: bool
 
+    _trust: dict[str, bool] = field(default_factory=dict, init=False, compare=False, repr=False)
+
     def is_trusted(self, peer: str | None) -> bool:
+        """Whether `peer` is in trusted_proxies; answered from a per-address memo, since
+        a sidecar sees the same few peers on every request."""
         if not peer:
             return False
-        return _trusted(peer, self.trusted_proxies)
+        trusted = self._trust.get(peer)
+        if trusted is None:
+            if len(self._trust) >= _TRUST_MEMO_SIZE:
+                self._trust.clear()
+            trusted = self._trust[peer] = _in_networks(peer, self.trusted_proxies)
+        return trusted
 
 
-@functools.lru_cache(maxsize=4096)
-def _trusted(peer: str, networks: tuple[IpNetwork, ...]) -> bool:
-    # Parsed once per peer address: a sidecar sees the same few peers on every request.
+_TRUST_MEMO_SIZE = 4096
+
+
+def _in_networks(peer: str, networks: tuple[IpNetwork, ...]) -> bool:
     try:
         address = ipaddress.ip_address(peer.split("%", 1)[0])
     except ValueError:
