@@ -70,8 +70,9 @@ class Rule:
     def json_paths(self, source: str) -> set[str]:
         """The JSON paths this rule reads from `request.json` or `response.json`."""
         return {
-            ref.selector.arg
+            selector.arg
             for _, template in self.metadata
             for ref in template.refs
-            if ref.selector.source == source
+            for selector in ref.selectors
+            if selector.source == source
         }

@@ -1,7 +1,9 @@
 """Value templates: a YAML value that may reference selectors and environment variables.
 
 `${env.NAME}` / `${env.NAME:-default}` are resolved when the config loads; `$${` is a
-literal `${`; `${selector}` and `${selector:-default}` are read from each exchange.
+literal `${`; `${selector}` and `${selector:-default}` are read from each exchange, and
+`${a|b:-default}` takes the first of several selectors that has a value (e.g. usage at
+one JSON path in a streamed response and another in a plain one).
 A template that is exactly one selector keeps the selector's type (an int stays an
 int); text around selectors makes a string. Defaults are read as YAML scalars.
 """
@@ -25,19 +27,25 @@ _REF = re.compile(r"\$\$\{|\$\{([^{}]*)\}")
 
 @dataclass(frozen=True, slots=True)
 class Ref:
-    selector: Selector
+    """`${a}`, `${a:-default}` or `${a|b|c:-default}`: the first selector with a value wins."""
+
+    selectors: tuple[Selector, ...]
     default: Any = NOTHING  # a YAML scalar, or NOTHING when no default was given
 
     def read(self, x: Exchange, params: Mapping[str, str]) -> Any:
         """The value, the default, or a Failed: the key is left out and counted."""
-        value = self.selector.read(x, params)
-        if value is NOTHING or value is None:
-            return MISSING_FAILURE if self.default is NOTHING else self.default
-        if isinstance(value, Failed):
-            if value.defaultable and self.default is not NOTHING:
-                return self.default
-            return value
-        return value
+        failure: Failed = MISSING_FAILURE
+        for selector in self.selectors:
+            value = selector.read(x, params)
+            if isinstance(value, Failed):
+                if not value.defaultable and failure.defaultable:
+                    failure = value  # an error outranks "not there"
+                continue
+            if value is not NOTHING and value is not None:
+                return value
+        if failure.defaultable and self.default is not NOTHING:
+            return self.default
+        return failure
 
 
 Part = str | Ref
@@ -118,9 +126,9 @@ def _reference(body: str, env: Mapping[str, str]) -> Part:
         if current is None:
             raise MissingEnv(f"environment variable {var} is not set")
         return current
-    selector = Selector.parse(name)
+    selectors = tuple(Selector.parse(part.strip()) for part in name.split("|"))
     default = scalar_value(default_text) if sep else NOTHING
-    return Ref(selector, NOTHING if default is None else default)
+    return Ref(selectors, NOTHING if default is None else default)
 
 
 def _merge_text(parts: list[Part]) -> tuple[Part, ...]:

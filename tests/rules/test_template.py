@@ -133,3 +133,41 @@ def test_header_selectors_are_case_insensitive() -> None:
 
 def test_nothing_is_not_a_value() -> None:
     assert Selector.parse("response.status").read(exchange(), {}) is NOTHING
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "default", "expected"),
+    [
+        (PathResult(Outcome.FOUND, 1), PathResult(Outcome.FOUND, 2), None, 1),
+        (PathResult(Outcome.MISSING), PathResult(Outcome.FOUND, 2), None, 2),
+        (PathResult(Outcome.MISSING), PathResult(Outcome.MISSING), "0", 0),
+        (
+            PathResult(Outcome.MISSING),
+            PathResult(Outcome.MISSING),
+            None,
+            Failed("missing", defaultable=True),
+        ),
+        # an error on one path outranks "not there" on the other, and takes no default
+        (PathResult(Outcome.NOT_JSON), PathResult(Outcome.MISSING), "0", Failed("not_json")),
+        (
+            PathResult(Outcome.INCOMPLETE),
+            PathResult(Outcome.MISSING),
+            "0",
+            Failed("missing", defaultable=False),
+        ),
+    ],
+)
+def test_fallback_selectors_take_the_first_with_a_value(
+    first: PathResult, second: PathResult, default: str | None, expected: Any
+) -> None:
+    text = "${response.json.a|response.json.b" + (f":-{default}}}" if default else "}")
+    x = exchange(response_json={"a": first, "b": second})
+    assert compile_template(text, ENV).render(x, {}) == expected
+
+
+def test_fallback_selectors_mix_sources() -> None:
+    template = compile_template("${request.header.x-model|request.query.model:-none}", ENV)
+    assert template.render(exchange(query="model=q"), {}) == "q"
+    assert template.render(exchange(query=""), {}) == "none"
+    with_header = exchange(headers=[("X-Model", "h")], query="model=q")
+    assert template.render(with_header, {}) == "h"
