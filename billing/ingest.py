@@ -119,8 +119,9 @@ def _parse_event(
 
 
 def _text(value: Any, limit: int, field: str, bad: Any) -> str | None:
-    if not isinstance(value, str) or not 1 <= len(value) <= limit:
-        bad(field, f"required: a string of 1 to {limit} characters")
+    # No NUL: SQLite's json_each cuts a string there and PostgreSQL refuses it in text.
+    if not isinstance(value, str) or not 1 <= len(value) <= limit or "\x00" in value:
+        bad(field, f"required: a string of 1 to {limit} characters, no NUL")
         return None
     return value
 
