@@ -60,6 +60,21 @@ class CloseResult:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenPeriods:
+    """Which customers' periods are open, as found at `found_at_ms` with the accounts at
+    `version`; good until `until_ms` (None: for ever), when one ends or a plan changes."""
+
+    version: tuple[int, ...]
+    found_at_ms: int
+    until_ms: int | None
+    by_span: dict[Period, list[str]]
+
+    def holds(self, version: tuple[int, ...], now_ms: int) -> bool:
+        return (version == self.version and now_ms >= self.found_at_ms
+                and (self.until_ms is None or now_ms < self.until_ms))
+
+
+@dataclass(frozen=True, slots=True)
 class PlanView:
     """A customer's plan now (None: none) and the change assigned for its next period."""
 
@@ -101,6 +116,7 @@ class StatementEngine:
         self._setup = gather.Setup(self._plans, billing.default_plan,
                                    CycleBook((), billing.timezone))
         self._lock = asyncio.Lock()
+        self._open_periods: OpenPeriods | None = None
 
     async def open(self) -> None:
         """Record the plans' cycles and time zone (a change applies to periods starting
@@ -257,22 +273,38 @@ class StatementEngine:
     async def open_usage(self, now_ms: int) -> dict[str, dict[str, Decimal]]:
         """meter -> customer -> quantity of each customer's period open at `now_ms`, read
         from the aggregates: one read per distinct open period for all its customers.
-        Customers without a plan (no open period) are left out. Raises StoreError."""
+        Customers without a plan (no open period) are left out. Raises StoreError.
+
+        Which period is open for whom is kept until one of them ends or the accounts
+        change (a customer created or deleted, a plan assigned): a scrape then reads only
+        the aggregates."""
         async with self._store.billing_snapshot() as snap:
-            accounts = await gather.accounts(snap, self._setup)
-            by_span: dict[Period, list[str]] = {}
-            for account in accounts:
-                after = None if account.final is None else account.final.period
-                drafts = [h.period for h in account.drafts]
-                period = account.timeline.period_at(after, drafts, now_ms)
-                if period is not None:
-                    by_span.setdefault(period.span, []).append(account.customer.customer_id)
+            version = await snap.accounts_version()
+            known = self._open_periods
+            if known is None or not known.holds(version, now_ms):
+                known = self._open_periods = await self._find_open_periods(snap, version, now_ms)
             usage: dict[str, dict[str, Decimal]] = {meter: {} for meter in self._meters}
-            for span, customers in by_span.items():
-                read = await snap.quantities(self._meters, customers, span)
-                for meter, per_customer in read.items():
-                    usage[meter].update(per_customer)
+            for span, customers in known.by_span.items():
+                for start in range(0, len(customers), gather.QUANTITY_CHUNK):
+                    chunk = customers[start:start + gather.QUANTITY_CHUNK]
+                    for meter, found in (await snap.quantities(self._meters, chunk, span)).items():
+                        usage[meter].update(found)
         return usage
+
+    async def _find_open_periods(self, snap: LedgerSnapshot, version: tuple[int, ...],
+                                 now: int) -> OpenPeriods:
+        by_span: dict[Period, list[str]] = {}
+        until: int | None = None
+        for index, account in enumerate(await gather.accounts(snap, self._setup)):
+            await _let_others_run(index)
+            after = None if account.final is None else account.final.period
+            drafts = [h.period for h in account.drafts]
+            period = account.timeline.period_at(after, drafts, now)
+            if period is not None:
+                by_span.setdefault(period.span, []).append(account.customer.customer_id)
+                until = _earliest(until, period.span.end_ms)
+            until = _earliest(until, account.timeline.next_change(now))
+        return OpenPeriods(version, now, until, by_span)
 
     async def statement_counts(self) -> dict[StatementStatus, int]:
         """Statements stored per status (draft, final). Raises StoreError."""

@@ -88,6 +88,11 @@ class Timeline:
         index = bisect.bisect_right(self._changes, at_ms) - 1
         return self._names[index] if index >= 0 else self._default
 
+    def next_change(self, now_ms: int) -> int | None:
+        """When the next assigned plan change takes effect after `now_ms`; None: none."""
+        index = bisect.bisect_right(self._changes, now_ms)
+        return self._changes[index] if index < len(self._changes) else None
+
     def pending_change(self, now_ms: int) -> tuple[str | None, int] | None:
         """(plan name, from) of the first assigned change after `now_ms`; None: none."""
         current = self.plan_name_at(now_ms)

@@ -183,6 +183,10 @@ class LedgerSnapshot(Protocol):
     async def assignments(self, ids: Ids = None) -> dict[str, list[PlanAssignment]]:
         """Each customer's plan history, oldest first."""
 
+    async def accounts_version(self) -> tuple[int, ...]:
+        """A value that changes whenever a customer is created or deleted or a plan is
+        assigned: what decides customers' periods, besides the time (cheap to read)."""
+
     async def late_since(self, probes: Sequence[LateProbe]) -> dict[str, int]:
         """customer -> the earliest timestamp of its events matching its probe."""
 

@@ -7,6 +7,7 @@ seeks, whatever the number of events.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
@@ -42,8 +43,7 @@ _GRANT_COLUMNS = (
 )
 # Aggregate rows of a ReadPlan for a list of customers: rollup rows inside the rollup range,
 # bucket rows elsewhere; one primary-key range per customer.
-_PLANNED_AGGREGATES = """
-    SELECT a.meter, a.customer_id, a.count, a.value, a.last_ts_ms, a.last_seq
+_PLANNED_FROM = """
     FROM json_each(:meters) AS m CROSS JOIN json_each(:customers) AS c
     CROSS JOIN meter_aggregates AS a
     ON a.meter = m.value AND a.customer_id = c.value
@@ -51,6 +51,13 @@ _PLANNED_AGGREGATES = """
        AND a.size_ms = CASE WHEN a.bucket_start_ms >= :rollup_start
                              AND a.bucket_start_ms < :rollup_end
                             THEN :rollup_ms ELSE :bucket_ms END"""
+# `last` needs each row's (last_ts, last_seq); count, sum and max are combined per customer in
+# SQLite, which hands back one row per meter and customer instead of one per span: the values
+# as one text (integers then add up exactly as Python ints; other decimals as Decimals).
+_PLANNED_ROWS = "SELECT a.meter, a.customer_id, a.count, a.value, a.last_ts_ms, a.last_seq"
+_PLANNED_GROUPS = """
+    SELECT a.meter, a.customer_id, SUM(a.count), group_concat(a.value),
+           MAX(a.value GLOB '*[^0-9-]*' OR a.value = '-0')"""
 _RAW_EDGE = """
     SELECT e.customer_id, e.seq, e.timestamp_ms, e.metadata
     FROM json_each(?) AS c CROSS JOIN events AS e
@@ -141,6 +148,14 @@ class SqliteLedgerSnapshot:
         )
         return _grouped((row[0], PlanAssignment(row[1], row[2])) for row in rows)
 
+    async def accounts_version(self) -> tuple[int, ...]:
+        row = next(iter(await self._rows(
+            "SELECT (SELECT MAX(rowid) FROM customers),"
+            " (SELECT COUNT(*) FROM customers WHERE deleted_at_ms IS NOT NULL),"
+            " (SELECT COUNT(*) FROM plan_assignments),"
+            " (SELECT MAX(assigned_at_ms) FROM plan_assignments)")))
+        return tuple(value or 0 for value in row)
+
     async def late_since(self, probes: Sequence[LateProbe]) -> dict[str, int]:
         indexed = json.dumps([(p.customer_id, p.after_ms, p.before_ms) for p in probes])
         found = {row[0]: row[1] for row in await self._rows(_LATE_INDEXED, (indexed,))}
@@ -178,19 +193,34 @@ class SqliteLedgerSnapshot:
         ids = json.dumps(list(customers))
         if plan.buckets is not None:
             rollup_start, rollup_end = plan.rollups or (0, 0)
-            params = {"meters": json.dumps(list(meters)), "customers": ids,
-                      "start": plan.buckets[0], "end": plan.buckets[1],
+            params = {"customers": ids, "start": plan.buckets[0], "end": plan.buckets[1],
                       "rollup_start": rollup_start, "rollup_end": rollup_end,
                       "rollup_ms": self._bucket_ms * ROLLUP_BUCKETS,
                       "bucket_ms": self._bucket_ms}
-            for row in await self._rows(_PLANNED_AGGREGATES, params):
-                rows[row[0]].append(row[1:])
+            await self._planned(kinds, rows, params)
         for start, end in plan.raw:  # the unaligned edges, from the raw events
             for name, meter in kinds.items():
                 raw = await self._rows(_RAW_EDGE, (ids, meter.event_name, start, end))
                 rows[name].extend((c, agg.count, agg.value, agg.last_ts, agg.last_seq)
                                   for c, agg in _fold_by_customer(meter, raw).items())
         return {name: reduce_rows(kinds[name].aggregation, rows[name]) for name in meters}
+
+    async def _planned(self, kinds: Mapping[str, Meter], rows: dict[str, list[Sequence[Any]]],
+                       params: dict[str, Any]) -> None:
+        """Add the aggregate rows of a ReadPlan to `rows` (combined per customer, but for
+        `last` meters)."""
+        last = [name for name, meter in kinds.items() if meter.aggregation == "last"]
+        other = [name for name in kinds if name not in last]
+        if last:
+            query = _PLANNED_ROWS + _PLANNED_FROM
+            for row in await self._rows(query, {**params, "meters": json.dumps(last)}):
+                rows[row[0]].append(row[1:])
+        if other:
+            query = _PLANNED_GROUPS + _PLANNED_FROM + " GROUP BY a.meter, a.customer_id"
+            for name, customer_id, count, values, fractions in await self._rows(
+                    query, {**params, "meters": json.dumps(other)}):
+                value = _combined(kinds[name].aggregation, values, integers=not fractions)
+                rows[name].append((customer_id, count, value, 0, 0))
 
     def _meter(self, name: str) -> Meter:
         try:
@@ -236,6 +266,17 @@ def _grouped(pairs: Iterable[tuple[str, T]]) -> dict[str, list[T]]:
     for key, value in pairs:
         groups.setdefault(key, []).append(value)
     return groups
+
+
+def _combined(kind: AggregationType, values: str, integers: bool) -> Decimal:
+    """The sum or max of comma-separated Decimal texts (the count for count meters, which
+    reduce_rows reads from the count column)."""
+    if kind == "count":
+        return Decimal(0)
+    parts = values.split(",")
+    if integers:  # exact whatever the size: Python ints
+        return Decimal(sum(map(int, parts)) if kind == "sum" else max(map(int, parts)))
+    return functools.reduce(EXACT.add if kind == "sum" else EXACT.max, map(Decimal, parts))
 
 
 def reduce_rows(kind: AggregationType, rows: Iterable[Sequence[Any]]) -> dict[str, Decimal]:

@@ -337,3 +337,24 @@ async def test_open_usage_and_statement_counts(billing: Billing) -> None:
     assert await billing.engine.statement_counts() == {"draft": 2, "final": 0}
     february = await billing.engine.open_usage(FEB.start_ms + DAY)
     assert february["api_calls"] == {"b": 1} and february["egress_bytes"] == {}
+
+
+async def test_open_usage_follows_new_customers_deletes_and_period_ends(
+    billing: Billing
+) -> None:
+    await billing.append([event("a", "api.call", JAN.start_ms + 1)], JAN.start_ms + 2)
+    assert (await billing.engine.open_usage(JAN.start_ms + DAY))["api_calls"] == {"a": 1}
+    await billing.append([event("b", "api.call", JAN.start_ms + 3),
+                          event("a", "api.call", JAN.start_ms + 4)], JAN.start_ms + 5)
+    assert (await billing.engine.open_usage(JAN.start_ms + DAY))["api_calls"] == {
+        "a": 2, "b": 1}  # a new customer, and new usage of a known one
+    await billing.store.delete_customer("a", JAN.start_ms + 2 * DAY)
+    later = await billing.engine.open_usage(JAN.start_ms + 2 * DAY)
+    assert later["api_calls"] == {"b": 1}  # a's period ended with its deletion
+    await billing.append([event("b", "api.call", FEB.start_ms + 1)], FEB.start_ms + 2)
+    assert (await billing.engine.open_usage(FEB.start_ms + DAY))["api_calls"] == {"b": 1}
+    await billing.engine.change_plan("c", "basic")  # a new customer on a plan, at once
+    assert "c" not in (await billing.engine.open_usage(FEB.start_ms + DAY))["api_calls"]
+    await billing.append([event("c", "api.call", FEB.start_ms + 7)], FEB.start_ms + 8)
+    assert (await billing.engine.open_usage(FEB.start_ms + DAY))["api_calls"] == {
+        "b": 1, "c": 1}
