@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, get_args
@@ -22,16 +23,18 @@ from billing.money import EXACT
 from billing.settings import Section
 
 __all__ = [
-    "AGGREGATION_TYPES", "Aggregate", "AggregationType", "Meter", "Skip", "fold", "merge",
-    "parse_meters", "parse_number", "quantity",
+    "AGGREGATION_TYPES", "Aggregate", "AggregationType", "Meter", "Number", "Skip", "Tally",
+    "fold", "merge", "parse_meters", "parse_number", "quantity", "tally_adder",
 ]
 
 AggregationType = Literal["count", "sum", "max", "last"]
+Number = int | Decimal  # an exact quantity; int on the fast path (most usage values are ints)
 AGGREGATION_TYPES: tuple[AggregationType, ...] = get_args(AggregationType)
 SkipReason = Literal["missing", "not_numeric"]
 
 _ONE = Decimal(1)
 _ZERO = Decimal(0)
+_INT_LIMIT = 10**18  # parse_number's bound, for ints that skip it
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
 # Bump when the meaning of a definition changes (e.g. the number rule), so stores
 # rebuild aggregates that were computed under the old meaning.
@@ -76,13 +79,21 @@ class Meter:
         event belongs to the meter but has no usable value (count it as skipped).
         Otherwise the value: 1 for count, the key's number for the other types.
         """
+        value = self.number(metadata)
+        return Decimal(value) if isinstance(value, int) else value
+
+    def number(self, metadata: Metadata) -> Number | Skip | None:
+        """`read` without building a Decimal for an int value (the event writer's fast path):
+        the same None, Skip or number, an int where the metadata holds an int."""
         if self.filter is not None and not self.filter(metadata):
             return None
         if self.key is None:
-            return _ONE
+            return 1
         value = metadata.get(self.key)
         if value is None:
             return SKIP_MISSING
+        if type(value) is int:  # exactly int: a bool is not a number
+            return value if -_INT_LIMIT < value < _INT_LIMIT else SKIP_NOT_NUMERIC
         number = parse_number(value)
         return SKIP_NOT_NUMERIC if number is None else number
 
@@ -202,6 +213,74 @@ def _later(a: Aggregate, b: Aggregate) -> Aggregate:
     if key_a != key_b:
         return a if key_a > key_b else b
     return a if a.value.compare_total(b.value) >= 0 else b
+
+
+class Tally:
+    """A running `fold` kept mutable, for the event writer's batches: no Aggregate and, while
+    every value is an int, no Decimal is built per event. Events must be added in increasing
+    store sequence (as they are stored), so an event is the latest unless its timestamp is
+    older. `value` is the sum, max or last value (count reads `count`)."""
+
+    __slots__ = ("count", "last_seq", "last_ts", "value")
+
+    def __init__(self, value: Number, ts_ms: int, seq: int) -> None:
+        self.count = 1
+        self.value = value
+        self.last_ts = ts_ms
+        self.last_seq = seq
+
+    def aggregate(self, kind: AggregationType) -> Aggregate:
+        """The `fold` of the same events, in order."""
+        value = self.count if kind == "count" else self.value
+        return Aggregate(self.count, Decimal(value), self.last_ts, self.last_seq)
+
+
+TallyAdder = Callable[[Tally, Number, int, int], None]
+
+
+def tally_adder(kind: AggregationType) -> TallyAdder:
+    """The function that adds one event (value, timestamp, seq) to a `Tally` of `kind`."""
+    return _ADDERS[kind]
+
+
+def _add_count(tally: Tally, value: Number, ts_ms: int, seq: int) -> None:
+    tally.count += 1
+    if ts_ms >= tally.last_ts:
+        tally.last_ts, tally.last_seq = ts_ms, seq
+
+
+def _add_sum(tally: Tally, value: Number, ts_ms: int, seq: int) -> None:
+    total = tally.value
+    if type(total) is int and type(value) is int:
+        tally.value = total + value  # Python ints are exact: no context needed
+    else:
+        tally.value = EXACT.add(total, value)
+    tally.count += 1
+    if ts_ms >= tally.last_ts:
+        tally.last_ts, tally.last_seq = ts_ms, seq
+
+
+def _add_max(tally: Tally, value: Number, ts_ms: int, seq: int) -> None:
+    best = tally.value
+    if type(best) is int and type(value) is int:
+        if value > best:
+            tally.value = value
+    else:  # Decimal.max breaks numeric ties by exponent, as `fold` does
+        tally.value = EXACT.max(best, value)
+    tally.count += 1
+    if ts_ms >= tally.last_ts:
+        tally.last_ts, tally.last_seq = ts_ms, seq
+
+
+def _add_last(tally: Tally, value: Number, ts_ms: int, seq: int) -> None:
+    tally.count += 1
+    if ts_ms >= tally.last_ts:
+        tally.value, tally.last_ts, tally.last_seq = value, ts_ms, seq
+
+
+_ADDERS: dict[AggregationType, TallyAdder] = {
+    "count": _add_count, "sum": _add_sum, "max": _add_max, "last": _add_last,
+}
 
 
 def quantity(kind: AggregationType, agg: Aggregate | None) -> Decimal:

@@ -4,7 +4,10 @@ The proxy calls `submit` on its hot path (no await, no task, O(1) per event); th
 awaits `submit_durable`, which shares the same group commit and resolves once the events'
 transaction committed. `run` is the only writer loop; the app owns it as a task. A flush is
 due when `flush_interval` has passed since the oldest queued event arrived or `max_batch`
-events are queued, whichever comes first.
+events are queued, whichever comes first. A flush takes up to `max_batch` events, and up to
+`max_flush` for submissions someone awaits (they all ride the next commit instead of one
+commit each) and when a backlog of `max_flush` events has built up: the cost of a commit
+grows with the rows it touches, not with its events, so larger commits drain faster.
 
 When the store fails (disk full, read-only file) the flushed events stay in memory, the
 observer hears of every failure and the flush is retried with capped exponential backoff;
@@ -87,7 +90,8 @@ class EventWriter:
 
     `clock` gives the wall time in ms that stamps each flush (`ingested_at`); flush
     durations for the observer are measured with time.perf_counter. A flush takes whole
-    submissions, so one append exceeds `max_batch` only for a larger single submission.
+    submissions, so one append exceeds its limit (`max_batch`, or `max_flush`: see the module
+    docstring) only for a larger single submission.
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class EventWriter:
         flush_interval_ms: int,
         *,
         max_batch: int = 1000,
+        max_flush: int = 10_000,
         max_pending: int = 100_000,
         on_full: OnFull = "reject",
         observer: WriterObserver | None = None,
@@ -106,6 +111,7 @@ class EventWriter:
         self._store = store
         self._interval_s = flush_interval_ms / 1000
         self._max_batch = max_batch
+        self._max_flush = max(max_flush, max_batch)
         self._max_pending = max_pending
         self._on_full = on_full
         self._observer: WriterObserver = observer or _NoObserver()
@@ -239,11 +245,17 @@ class EventWriter:
         )
 
     def _take(self) -> list[_Submission]:
-        """Whole submissions from the front, up to max_batch events (at least one)."""
+        """Whole submissions from the front (at least one), in order: up to max_batch events,
+        or max_flush for awaited submissions and when as many are queued."""
+        limit = self._max_flush if self._queued >= self._max_flush else self._max_batch
         taken: list[_Submission] = []
         count = 0
-        while self._queue and (not taken or count + len(self._queue[0].events) <= self._max_batch):
-            submission = self._queue.popleft()
+        while self._queue:
+            submission = self._queue[0]
+            room = self._max_flush if submission.future is not None else limit
+            if taken and count + len(submission.events) > room:
+                break
+            self._queue.popleft()
             taken.append(submission)
             count += len(submission.events)
             if submission.future is not None:

@@ -19,13 +19,25 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
 from typing import Any, Protocol, runtime_checkable
 
 from billing.events import Metadata, MetadataValue, StoredEvent, UsageEvent
-from billing.meters import Aggregate, AggregationType, Meter, Skip, fold, merge
+from billing.meters import (
+    Aggregate,
+    AggregationType,
+    Meter,
+    Number,
+    Skip,
+    Tally,
+    TallyAdder,
+    fold,
+    merge,
+    tally_adder,
+)
 
 
 class StoreError(Exception):
@@ -190,9 +202,23 @@ class Store(Protocol):
 _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
+def _no_default(value: object) -> object:
+    raise TypeError(f"{type(value).__name__} needs the Decimal-aware encoder")
+
+
+# The C encoder called directly: JSONEncoder.encode builds a new one on every call, which
+# cost more than the encoding of a small flat map. markers=None: metadata is flat, no cycles.
+_encode_plain: Callable[[object, int], Sequence[str]] | None = (
+    None if c_make_encoder is None else
+    c_make_encoder(None, _no_default, c_encode_basestring, None, ":", ",", False, False, False)
+)
+
+
 def encode_metadata(metadata: Metadata) -> str:
     """Flat metadata as a JSON object; a Decimal is written as its exact text, as a number."""
     try:  # the C encoder takes every metadata without a Decimal: the common case, fast
+        if _encode_plain is not None:
+            return "".join(_encode_plain(metadata, 0))
         return _encode_json(metadata if isinstance(metadata, dict) else dict(metadata))
     except TypeError:
         pass
@@ -281,33 +307,59 @@ def merged(kind: AggregationType, acc: Aggregate | None, agg: Aggregate) -> Aggr
 
 
 class BatchFold:
-    """Accumulates the aggregate deltas of a run of stored events, in seq order.
+    """Accumulates the aggregate deltas of a run of stored events, added in seq order.
 
-    `deltas[meter name][(customer_id, bucket_start)]` is the meter's fold over the events
-    added; `skipped[(meter name, reason)]` counts events a meter could not read.
+    `tallies[meter name][(customer_id, bucket_start)]` is the meter's running fold over the
+    events added (`deltas`: the same as Aggregates); `skipped[(meter name, reason)]` counts
+    events a meter could not read.
     """
 
     def __init__(self, meters: Iterable[Meter], bucket_ms: int) -> None:
         self.bucket_ms = bucket_ms
-        self.meters_by_event: dict[str, list[Meter]] = {}
+        self.kinds: dict[str, AggregationType] = {}
+        self.tallies: dict[str, dict[tuple[str, int], Tally]] = {}
+        # Per event name, what `add` needs of each meter, looked up once here.
+        self._readers: dict[str, list[_Reader]] = {}
         for meter in meters:
-            self.meters_by_event.setdefault(meter.event_name, []).append(meter)
-        self.deltas: dict[str, dict[tuple[str, int], Aggregate]] = {}
+            self.kinds[meter.name] = meter.aggregation
+            tallies = self.tallies[meter.name] = {}
+            reader = (meter.number, tallies, tally_adder(meter.aggregation), meter.name)
+            self._readers.setdefault(meter.event_name, []).append(reader)
         self.skipped: Counter[tuple[str, str]] = Counter()
 
     def add(
         self, customer_id: str, event_name: str, ts_ms: int, seq: int, metadata: Metadata
     ) -> None:
-        for meter in self.meters_by_event.get(event_name, ()):
-            value = meter.read(metadata)
+        """Fold one event into the tallies of the meters that count it."""
+        readers = self._readers.get(event_name)
+        if readers is None:
+            return
+        key = (customer_id, ts_ms - ts_ms % self.bucket_ms)
+        for read, tallies, add, name in readers:
+            value = read(metadata)
             if value is None:  # filtered out: not this meter's event
                 continue
             if isinstance(value, Skip):
-                self.skipped[(meter.name, value.reason)] += 1
+                self.skipped[(name, value.reason)] += 1
                 continue
-            key = (customer_id, bucket_start(ts_ms, self.bucket_ms))
-            per_meter = self.deltas.setdefault(meter.name, {})
-            per_meter[key] = fold(meter.aggregation, per_meter.get(key), value, ts_ms, seq)
+            tally = tallies.get(key)
+            if tally is None:
+                tallies[key] = Tally(value, ts_ms, seq)
+            else:
+                add(tally, value, ts_ms, seq)
+
+    @property
+    def deltas(self) -> dict[str, dict[tuple[str, int], Aggregate]]:
+        """Per meter with any delta, (customer_id, bucket_start) -> the fold of its events."""
+        return {
+            name: {key: tally.aggregate(self.kinds[name]) for key, tally in tallies.items()}
+            for name, tallies in self.tallies.items() if tallies
+        }
+
+
+_Reader = tuple[
+    Callable[[Metadata], Number | Skip | None], dict[tuple[str, int], Tally], TallyAdder, str
+]
 
 
 def fold_rows(meter: Meter, rows: Iterable[Sequence[Any]]) -> Aggregate | None:

@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import aiosqlite
 
 from billing.events import Source, StoredEvent, UsageEvent, now_ms
 from billing.meters import Aggregate, Meter, merge
+from billing.store import sqlite_write
 from billing.store.base import (
     ROLLUP_BUCKETS,
     ApiKey,
@@ -37,45 +38,20 @@ from billing.store.base import (
     ReadPlan,
     StoreError,
     decode_metadata,
-    encode_metadata,
     fold_rows,
     merged,
     plan_read,
-    with_rollups,
 )
 from billing.store.migrate import migrate
 from billing.store.sqlite_conn import aggregate_row as _aggregate
-from billing.store.sqlite_conn import scalar as _scalar
+from billing.store.sqlite_conn import run_in_thread
 from billing.store.sqlite_ledger import SqliteLedger
+from billing.store.sqlite_write import EVENT_COLUMNS, INSERT_CUSTOMER
 
 _log = logging.getLogger(__name__)
 
-_REBUILD_BATCH = 10_000  # raw events read per query while rebuilding: bounds memory
-
-_EVENT_COLUMNS = (
-    "seq, event_id, customer_id, event_name, timestamp_ms, metadata, source, ingested_at_ms"
-)
-_INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-_KNOWN_IDS = "SELECT event_id FROM events WHERE event_id IN (SELECT value FROM json_each(?))"
-_INSERT_CUSTOMER = (
-    "INSERT INTO customers (id, created_at_ms) VALUES (?, ?) ON CONFLICT (id) DO NOTHING"
-)
 _CUSTOMER_COLUMNS = "id, created_at_ms, plan, deleted_at_ms"
 _AGGREGATE_COLUMNS = "count, value, last_ts_ms, last_seq"
-# CROSS JOIN pins the plan: one primary-key probe per touched key.
-_TOUCHED_AGGREGATES = """
-    SELECT a.customer_id, a.bucket_start_ms, a.size_ms,
-           a.count, a.value, a.last_ts_ms, a.last_seq
-    FROM json_each(?) AS k CROSS JOIN meter_aggregates AS a
-    ON a.meter = ? AND a.customer_id = k.value ->> 0
-       AND a.bucket_start_ms = k.value ->> 1 AND a.size_ms = k.value ->> 2"""
-_UPSERT_AGGREGATE = """
-    INSERT INTO meter_aggregates (meter, customer_id, bucket_start_ms, size_ms, count, value,
-                                  last_ts_ms, last_seq)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (meter, customer_id, bucket_start_ms, size_ms) DO UPDATE SET
-        count = excluded.count, value = excluded.value,
-        last_ts_ms = excluded.last_ts_ms, last_seq = excluded.last_seq"""
 # Rows of a ReadPlan: rollups within [rollup start, rollup end), buckets elsewhere in range.
 _PLANNED_ROWS = """
     bucket_start_ms >= :start AND bucket_start_ms < :end AND size_ms =
@@ -90,9 +66,6 @@ _ALL_CUSTOMER_AGGREGATES = f"""
 _RAW_RANGE = """
     SELECT seq, timestamp_ms, metadata FROM events
     WHERE customer_id = ? AND event_name = ? AND timestamp_ms >= ? AND timestamp_ms < ?"""
-_REBUILD_SCAN = """
-    SELECT seq, customer_id, timestamp_ms, metadata FROM events
-    WHERE seq > ? AND event_name = ? ORDER BY seq LIMIT ?"""
 
 
 class SqliteStore(SqliteLedger):
@@ -129,7 +102,9 @@ class SqliteStore(SqliteLedger):
         newer than this version knows.
         """
         try:
-            await migrate(await self._open_writer(), self._clock())
+            writer = await self._open_writer()
+            await run_in_thread(writer, sqlite_write.register_functions)
+            await migrate(writer, self._clock())
             await self._open_readers()
             await self._sync_meters(rebuild_all)
         except sqlite3.Error as exc:
@@ -142,47 +117,15 @@ class SqliteStore(SqliteLedger):
     # -------------------------------------------------------------------- events
 
     async def append(self, events: Sequence[UsageEvent], now_ms: int) -> AppendResult:
-        """See `Store.append`. Raises StoreError (nothing stored) when the write fails."""
-        firsts: dict[str, int] = {}
-        for index, event in enumerate(events):
-            firsts.setdefault(event.event_id, index)  # the first of a batch's duplicates wins
-        stored = [False] * len(events)
-        async with self._transaction() as conn:
-            known = await _known_ids(conn, list(firsts))
-            fresh = [index for event_id, index in firsts.items() if event_id not in known]
-            watermark = await _scalar(conn, "SELECT MAX(ingested_at_ms) FROM events")
-            if not fresh:
-                return AppendResult(tuple(stored), {}, watermark)
-            watermark = max(now_ms, watermark + 1)
-            batch = await self._insert(conn, [events[i] for i in fresh], watermark)
-            await self._merge_deltas(conn, batch.deltas)
-        for index in fresh:
-            stored[index] = True
-        return AppendResult(tuple(stored), dict(batch.skipped), watermark)
-
-    async def _insert(
-        self, conn: aiosqlite.Connection, events: list[UsageEvent], ingested_at_ms: int
-    ) -> BatchFold:
-        """Insert new events (and their unknown customers); return their aggregate deltas."""
-        first_seq = await _scalar(conn, "SELECT MAX(seq) FROM events") + 1
+        """See `Store.append`: one transaction, run whole on the writer's thread
+        (billing/store/sqlite_write.py). Raises StoreError (nothing stored) when it fails."""
         batch = BatchFold(self._meters.values(), self._bucket_ms)
-        rows = []
-        # A new customer exists from its earliest event, so its first period covers it.
-        created: dict[str, int] = {}
-        for seq, e in enumerate(events, first_seq):
-            rows.append((seq, e.event_id, e.customer_id, e.event_name, e.timestamp_ms,
-                         encode_metadata(e.metadata), e.source, ingested_at_ms))
-            created[e.customer_id] = min(created.get(e.customer_id, ingested_at_ms),
-                                         e.timestamp_ms)
-            batch.add(e.customer_id, e.event_name, e.timestamp_ms, seq, e.metadata)
-        await conn.executemany(_INSERT_EVENT, rows)
-        await conn.executemany(_INSERT_CUSTOMER, created.items())
-        return batch
+        return await self._write(sqlite_write.append, batch, events, now_ms)
 
     async def get_event(self, event_id: str) -> StoredEvent | None:
         """See `Store.get_event`."""
         rows = await self._read(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,)
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,)
         )
         return next((_stored_event(row) for row in rows), None)
 
@@ -209,7 +152,7 @@ class SqliteStore(SqliteLedger):
         used = {sql: value for sql, value in conditions.items() if value is not None}
         where = " AND ".join(used) or "1"
         rows = await self._read(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {where}"
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE {where}"
             " ORDER BY timestamp_ms DESC, seq DESC LIMIT ? OFFSET ?",
             (*used.values(), limit, offset),
         )
@@ -267,27 +210,14 @@ class SqliteStore(SqliteLedger):
 
     async def rebuild_aggregates(self, meters: Sequence[str] | None = None) -> None:
         """See `Store.rebuild_aggregates`: one transaction per meter, raw events read in
-        batches of `_REBUILD_BATCH`. Raises KeyError for an unknown meter name."""
+        batches of `sqlite_write.REBUILD_BATCH`. Raises KeyError for an unknown meter name."""
         names = list(self._meters) if meters is None else meters
         for meter in [self._meter(name) for name in names]:
             await self._rebuild(meter)
 
     async def _rebuild(self, meter: Meter) -> None:
-        async with self._transaction() as conn:
-            await conn.execute("DELETE FROM meter_aggregates WHERE meter = ?", (meter.name,))
-            after = 0
-            while rows := list(await conn.execute_fetchall(
-                _REBUILD_SCAN, (after, meter.event_name, _REBUILD_BATCH)
-            )):
-                batch = BatchFold((meter,), self._bucket_ms)
-                for seq, customer_id, ts_ms, metadata in rows:
-                    batch.add(customer_id, meter.event_name, ts_ms, seq, decode_metadata(metadata))
-                await self._merge_deltas(conn, batch.deltas)
-                after = rows[-1][0]
-            await conn.execute(
-                "INSERT OR REPLACE INTO meter_state VALUES (?, ?, ?, ?, ?)",
-                (*self._built_with(meter), self._clock()),
-            )
+        state = (*self._built_with(meter), self._clock())
+        await self._write(sqlite_write.rebuild, meter, self._bucket_ms, state)
 
     def _built_with(self, meter: Meter) -> tuple[str, str, int, int]:
         """The meter_state row (less built_at) of aggregates built now."""
@@ -317,26 +247,6 @@ class SqliteStore(SqliteLedger):
                 _log.info("rebuilding the aggregates of meter %s (%s)", meter.name, reason)
                 await self._rebuild(meter)
 
-    async def _merge_deltas(
-        self, conn: aiosqlite.Connection, deltas: Mapping[str, Mapping[tuple[str, int], Aggregate]]
-    ) -> None:
-        """Merge per-meter bucket deltas into the bucket and rollup rows: one read of the
-        touched rows and one executemany upsert per meter."""
-        for meter_name, per_bucket in deltas.items():
-            kind = self._meters[meter_name].aggregation
-            per_key = with_rollups(kind, per_bucket, self._bucket_ms)
-            touched = json.dumps(list(per_key))
-            existing = {
-                (row[0], row[1], row[2]): _aggregate(row[3:])
-                for row in await conn.execute_fetchall(_TOUCHED_AGGREGATES, (touched, meter_name))
-            }
-            rows = []
-            for key, delta in per_key.items():
-                agg = merged(kind, existing.get(key), delta)
-                rows.append((meter_name, *key, agg.count, str(agg.value), agg.last_ts,
-                             agg.last_seq))
-            await conn.executemany(_UPSERT_AGGREGATE, rows)
-
     def _meter(self, name: str) -> Meter:
         try:
             return self._meters[name]
@@ -348,7 +258,7 @@ class SqliteStore(SqliteLedger):
     async def ensure_customer(self, customer_id: str, now_ms: int) -> Customer:
         """See `Store.ensure_customer`."""
         async with self._transaction() as conn:
-            await conn.execute(_INSERT_CUSTOMER, (customer_id, now_ms))
+            await conn.execute(INSERT_CUSTOMER, (customer_id, now_ms))
             return await _customer(conn, customer_id)
 
     async def get_customer(self, customer_id: str) -> Customer | None:
@@ -375,7 +285,7 @@ class SqliteStore(SqliteLedger):
     ) -> ApiKey:
         """See `Store.add_key`. Raises DuplicateKey when the id or the hash is stored."""
         async with self._transaction() as conn:
-            await conn.execute(_INSERT_CUSTOMER, (customer_id, now_ms))
+            await conn.execute(INSERT_CUSTOMER, (customer_id, now_ms))
             try:
                 await conn.execute(
                     "INSERT INTO api_keys (key_id, customer_id, key_hash, prefix, created_at_ms)"
@@ -423,11 +333,6 @@ class SqliteStore(SqliteLedger):
 
 
 # ------------------------------------------------------------------- helpers
-
-
-async def _known_ids(conn: aiosqlite.Connection, event_ids: list[str]) -> set[str]:
-    rows = await conn.execute_fetchall(_KNOWN_IDS, (json.dumps(event_ids),))
-    return {row[0] for row in rows}
 
 
 async def _customer(conn: aiosqlite.Connection, customer_id: str) -> Customer:

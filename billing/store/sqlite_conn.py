@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import aiosqlite
 
@@ -22,6 +22,8 @@ from billing.meters import Aggregate
 from billing.store.base import StoreError
 
 _log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
 WRITER_PRAGMAS = (
@@ -29,12 +31,14 @@ WRITER_PRAGMAS = (
     "PRAGMA synchronous = FULL",
     "PRAGMA wal_autocheckpoint = 10000",  # 40 MB of WAL: checkpoints rarely block a commit
     "PRAGMA foreign_keys = ON",
-    "PRAGMA cache_size = -65536",  # 64 MiB: keeps the hot ends of the event indexes cached
+    # 8 MiB per connection: 64 MiB grew RSS by ~94 MB over a 1M-request soak for no measured
+    # gain; pages beyond it come from the OS page cache.
+    "PRAGMA cache_size = -8192",
     f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
 )
 READER_PRAGMAS = (
     "PRAGMA query_only = ON",
-    "PRAGMA cache_size = -65536",
+    "PRAGMA cache_size = -8192",
     f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
 )
 
@@ -83,6 +87,20 @@ class SqliteFile:
                 await rollback(conn)
                 raise
 
+    async def _write(
+        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], /, *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """`fn(connection, *args)` in one write transaction, run on the writer's thread in one
+        trip: committed when fn returns, rolled back when it raises; sqlite errors as
+        StoreError. fn must not await anything: it is plain synchronous sqlite3 code."""
+        conn = opened(self._writer)
+        async with self._write_lock:
+            try:
+                return await run_in_thread(conn, _in_transaction, fn, *args, **kwargs)
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self._path}: {exc}") from exc
+
     @asynccontextmanager
     async def _snapshot(self, billing: bool = False) -> AsyncIterator[aiosqlite.Connection]:
         """Several reads that see one committed state of the file (on the billing reader
@@ -104,6 +122,34 @@ class SqliteFile:
                 return await conn.execute_fetchall(sql, params)
             except sqlite3.Error as exc:
                 raise StoreError(f"{self._path}: {exc}") from exc
+
+
+def _in_transaction(
+    conn: sqlite3.Connection, fn: Callable[Concatenate[sqlite3.Connection, P], T], /,
+    *args: P.args, **kwargs: P.kwargs,
+) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn, *args, **kwargs)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:  # SQLite already rolled back (e.g. after a full disk)
+                _log.debug("rollback after a failed transaction also failed", exc_info=True)
+        raise
+    return result
+
+
+async def run_in_thread(
+    conn: aiosqlite.Connection, fn: Callable[Concatenate[sqlite3.Connection, P], T], /,
+    *args: P.args, **kwargs: P.kwargs,
+) -> T:
+    """`fn(the sqlite3 connection, *args)` on the connection's own thread, after the work
+    queued before it. aiosqlite runs each statement that way but has no public call for a
+    function of several statements; `_execute` is the one its own methods use (0.17-0.22)."""
+    return cast(T, await conn._execute(fn, conn._conn, *args, **kwargs))  # type: ignore[no-untyped-call]
 
 
 def opened(conn: aiosqlite.Connection | None) -> aiosqlite.Connection:

@@ -1,0 +1,162 @@
+"""The SQLite engine's writes of events and aggregates, as synchronous functions that run on
+the writer connection's thread inside one transaction (`SqliteFile._write`).
+
+A whole append is one trip to that thread instead of one per statement, and its per-event
+Python work (encoding metadata, folding) runs there, not on the event loop between awaits.
+SQLite merges the aggregate rows itself (`INSERT ... ON CONFLICT DO UPDATE`), so no row is
+read back before it is written: counts, `last` and sums and maxima of integers in SQL, other
+decimals through the exact functions `register_functions` adds to the connection.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from decimal import Decimal
+
+from billing.events import UsageEvent
+from billing.meters import AggregationType, Meter
+from billing.money import EXACT
+from billing.store.base import (
+    ROLLUP_BUCKETS,
+    AppendResult,
+    BatchFold,
+    decode_metadata,
+    encode_metadata,
+)
+
+REBUILD_BATCH = 10_000  # raw events read per query while rebuilding: bounds memory
+
+EVENT_COLUMNS = (
+    "seq, event_id, customer_id, event_name, timestamp_ms, metadata, source, ingested_at_ms"
+)
+INSERT_CUSTOMER = (
+    "INSERT INTO customers (id, created_at_ms) VALUES (?, ?) ON CONFLICT (id) DO NOTHING"
+)
+_INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_KNOWN_IDS = "SELECT event_id FROM events WHERE event_id IN (SELECT value FROM json_each(?))"
+_REBUILD_SCAN = """
+    SELECT seq, customer_id, timestamp_ms, metadata FROM events
+    WHERE seq > ? AND event_name = ? ORDER BY seq LIMIT ?"""
+
+# Decimal text that is an integer of at most 62 bits: two of them add up without overflow
+# (SQLite would turn an overflowing sum into a float). Canonical text only, so "-0", "1E+3"
+# and "5.0" keep their exponent through the exact path.
+_SMALL_INT = ("(CAST({0} AS INTEGER) BETWEEN -4611686018427387903 AND 4611686018427387903"
+              " AND CAST(CAST({0} AS INTEGER) AS TEXT) = {0})")
+_BOTH_SMALL = f"{_SMALL_INT.format('value')} AND {_SMALL_INT.format('excluded.value')}"
+_NEWER = "(excluded.last_ts_ms, excluded.last_seq) > (last_ts_ms, last_seq)"
+# The stored row merged with a delta row, as `merge` does it. A full (timestamp, seq) tie
+# cannot occur: seq is unique, so `last` needs no tie-break by value here.
+_MERGED_VALUE: dict[AggregationType, str] = {
+    "count": "count + excluded.count",
+    "sum": f"""CASE WHEN {_BOTH_SMALL}
+               THEN CAST(value AS INTEGER) + CAST(excluded.value AS INTEGER)
+               ELSE mp_exact_sum(value, excluded.value) END""",
+    "max": f"""CASE WHEN {_BOTH_SMALL}
+               THEN max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))
+               ELSE mp_exact_max(value, excluded.value) END""",
+    "last": f"CASE WHEN {_NEWER} THEN excluded.value ELSE value END",
+}
+_UPSERTS: dict[AggregationType, str] = {kind: f"""
+    INSERT INTO meter_aggregates (meter, customer_id, bucket_start_ms, size_ms, count, value,
+                                  last_ts_ms, last_seq)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (meter, customer_id, bucket_start_ms, size_ms) DO UPDATE SET
+        count = count + excluded.count,
+        value = {value},
+        last_ts_ms = CASE WHEN {_NEWER} THEN excluded.last_ts_ms ELSE last_ts_ms END,
+        last_seq = CASE WHEN {_NEWER} THEN excluded.last_seq ELSE last_seq END"""
+    for kind, value in _MERGED_VALUE.items()}
+
+
+def register_functions(conn: sqlite3.Connection) -> None:
+    """Add the exact decimal functions the aggregate upserts call to the connection."""
+    conn.create_function("mp_exact_sum", 2, _exact_sum, deterministic=True)
+    conn.create_function("mp_exact_max", 2, _exact_max, deterministic=True)
+
+
+def _exact_sum(a: str, b: str) -> str:
+    return str(EXACT.add(Decimal(a), Decimal(b)))
+
+
+def _exact_max(a: str, b: str) -> str:
+    return str(EXACT.max(Decimal(a), Decimal(b)))
+
+
+def append(
+    conn: sqlite3.Connection, batch: BatchFold, events: Sequence[UsageEvent], now_ms: int
+) -> AppendResult:
+    """`Store.append` inside the caller's transaction; `batch` (empty) collects the deltas."""
+    firsts: dict[str, int] = {}
+    for index, event in enumerate(events):
+        firsts.setdefault(event.event_id, index)  # the first of a batch's duplicates wins
+    stored = [False] * len(events)
+    known = {row[0] for row in conn.execute(_KNOWN_IDS, (json.dumps(list(firsts)),))}
+    fresh = [index for event_id, index in firsts.items() if event_id not in known]
+    watermark = _scalar(conn, "SELECT MAX(ingested_at_ms) FROM events")
+    if not fresh:
+        return AppendResult(tuple(stored), {}, watermark)
+    watermark = max(now_ms, watermark + 1)
+    _insert(conn, batch, [events[i] for i in fresh], watermark)
+    merge(conn, batch)
+    for index in fresh:
+        stored[index] = True
+    return AppendResult(tuple(stored), dict(batch.skipped), watermark)
+
+
+def _insert(
+    conn: sqlite3.Connection, batch: BatchFold, events: list[UsageEvent], ingested_at_ms: int
+) -> None:
+    """Insert new events (and their unknown customers), folding them into `batch`."""
+    first_seq = _scalar(conn, "SELECT MAX(seq) FROM events") + 1
+    add = batch.add
+    rows = []
+    # A new customer exists from its earliest event, so its first period covers it.
+    created: dict[str, int] = {}
+    for seq, e in enumerate(events, first_seq):
+        customer_id, ts_ms = e.customer_id, e.timestamp_ms
+        rows.append((seq, e.event_id, customer_id, e.event_name, ts_ms,
+                     encode_metadata(e.metadata), e.source, ingested_at_ms))
+        created[customer_id] = min(created.get(customer_id, ingested_at_ms), ts_ms)
+        add(customer_id, e.event_name, ts_ms, seq, e.metadata)
+    conn.executemany(_INSERT_EVENT, rows)
+    conn.executemany(INSERT_CUSTOMER, created.items())
+
+
+def merge(conn: sqlite3.Connection, batch: BatchFold) -> None:
+    """Merge the batch's deltas into their bucket rows and rollup rows, one upsert per row."""
+    bucket_ms = batch.bucket_ms
+    rollup_ms = bucket_ms * ROLLUP_BUCKETS
+    for name, tallies in batch.tallies.items():
+        kind = batch.kinds[name]
+        rows = []
+        for (customer_id, start), tally in tallies.items():
+            value = str(tally.count if kind == "count" else tally.value)
+            count, last_ts, last_seq = tally.count, tally.last_ts, tally.last_seq
+            rows.append((name, customer_id, start, bucket_ms, count, value, last_ts, last_seq))
+            rows.append((name, customer_id, start - start % rollup_ms, rollup_ms, count, value,
+                         last_ts, last_seq))
+        if rows:
+            conn.executemany(_UPSERTS[kind], rows)
+
+
+def rebuild(conn: sqlite3.Connection, meter: Meter, bucket_ms: int,
+            state: tuple[str, str, int, int, int]) -> None:
+    """Recompute one meter's aggregates from the raw events (read `REBUILD_BATCH` at a time)
+    and record `state`, its meter_state row, inside the caller's transaction."""
+    conn.execute("DELETE FROM meter_aggregates WHERE meter = ?", (meter.name,))
+    after = 0
+    while rows := conn.execute(_REBUILD_SCAN, (after, meter.event_name, REBUILD_BATCH)).fetchall():
+        batch = BatchFold((meter,), bucket_ms)
+        for seq, customer_id, ts_ms, metadata in rows:
+            batch.add(customer_id, meter.event_name, ts_ms, seq, decode_metadata(metadata))
+        merge(conn, batch)
+        after = rows[-1][0]
+    conn.execute("INSERT OR REPLACE INTO meter_state VALUES (?, ?, ?, ?, ?)", state)
+
+
+def _scalar(conn: sqlite3.Connection, sql: str) -> int:
+    """The integer the query yields (MAX over an index or the rowid: a seek); 0 for NULL."""
+    return int(conn.execute(sql).fetchone()[0] or 0)
