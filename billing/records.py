@@ -80,8 +80,3 @@ def rate(customer_id: str, plan: Plan, span: Period, inputs: Inputs,
         statement = statement.finalized()
     return StatementRecord(customer_id, plan, span, inputs, statement)
 
-
-def rerated(record: StatementRecord) -> StatementRecord:
-    """The record computed again from its own inputs (same status)."""
-    return rate(record.customer_id, record.plan, record.span, record.inputs,
-                record.statement.status)
