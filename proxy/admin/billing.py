@@ -1,4 +1,5 @@
-"""Billing routes: usage previews, statements, credits, manual adjustments, billing runs."""
+"""Billing routes: meters, usage previews, statements, credits, manual adjustments,
+billing runs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from billing.credits import CreditGrant
-from billing.events import format_timestamp, parse_timestamp
+from billing.events import format_timestamp
 from billing.money import EXACT
 from billing.record_codec import decode
 from billing.render import statement_to_csv, statement_to_html, statement_to_json
@@ -20,9 +21,11 @@ from proxy.admin.params import (
     ApiError,
     bad_request,
     customer_id,
+    instant,
     json_body,
     not_found,
     page,
+    page_of,
     time_param,
 )
 
@@ -31,7 +34,17 @@ if TYPE_CHECKING:
 
 MAX_ID_CHARS = 128
 MAX_DESCRIPTION_CHARS = 500
-_FORMATS = ("json", "csv", "html")
+MAX_AMOUNT = Decimal(10) ** 18  # credits and amounts, like meter numbers: |x| < 10^18
+FORMATS = ("json", "csv", "html")
+
+
+# ---------------------------------------------------------------------- meters
+
+
+async def list_meters(request: web.Request, mp: MeterProxy) -> web.Response:
+    """The configured meters, as Dodo Payments' meter API names their fields."""
+    meters = [m.to_json() for m in mp.config.meters]
+    return json_response({"items": page_of(meters, request)})
 
 
 # -------------------------------------------------------------------- previews
@@ -78,8 +91,8 @@ async def list_statements(request: web.Request, mp: MeterProxy) -> web.Response:
 async def get_statement(request: web.Request, mp: MeterProxy) -> web.Response:
     """JSON by default; `?format=csv` or `?format=html` (printable, no script)."""
     fmt = request.query.get("format", "json")
-    if fmt not in _FORMATS:
-        raise bad_request(f"format must be one of {', '.join(_FORMATS)}")
+    if fmt not in FORMATS:
+        raise bad_request(f"format must be one of {', '.join(FORMATS)}")
     stored = await mp.store.get_statement(request.match_info["statement_id"])
     if stored is None:
         raise not_found("no statement with this id")
@@ -113,6 +126,8 @@ async def grant_credits(request: web.Request, mp: MeterProxy) -> web.Response:
     body = await json_body(request)
     now = mp.clock()
     meter = body.get("meter")
+    if not isinstance(meter, str):
+        raise bad_request("meter must be a meter's name")
     if meter not in {m.name for m in mp.config.meters}:
         raise bad_request(f"unknown meter {meter!r}", code="unknown_meter")
     effective = _instant(body, "effective_at")
@@ -215,17 +230,12 @@ def _amount(body: dict[str, Any], key: str, positive: bool = False) -> Decimal:
         raise bad_request(f"{key}: {exc}") from None
     if positive and value <= 0:
         raise bad_request(f"{key} must be more than 0")
+    if abs(value) >= MAX_AMOUNT:
+        raise bad_request(f"{key} must be less than 10^18 in magnitude")
     return value
 
 
 def _instant(body: dict[str, Any], key: str) -> int | None:
-    """An optional ISO-8601 instant of the body; None when absent."""
+    """An optional ISO-8601 instant of the body; None when absent (see params.instant)."""
     value = body.get(key)
-    if value is None:
-        return None
-    try:
-        if not isinstance(value, str):
-            raise ValueError(value)
-        return parse_timestamp(value)
-    except ValueError:
-        raise bad_request(f"{key} must be an ISO-8601 date-time, got {value!r}") from None
+    return None if value is None else instant(value, key)

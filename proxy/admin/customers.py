@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import TYPE_CHECKING, Any
 
@@ -11,15 +12,23 @@ from billing.engine import CustomerDeleted, PlanView
 from billing.events import format_timestamp
 from billing.store.base import ApiKey, Customer, DuplicateKey
 from proxy.admin.jsonout import json_response
-from proxy.admin.params import ApiError, bad_request, customer_id, json_body, not_found, page
+from proxy.admin.params import (
+    ApiError,
+    bad_request,
+    customer_id,
+    json_body,
+    not_found,
+    page,
+    page_of,
+)
 from rules.identify import hash_key
 
 if TYPE_CHECKING:
     from proxy.app import MeterProxy
 
 KEY_PREFIX_CHARS = 8
-MIN_IMPORTED_KEY_CHARS = 16
-MAX_KEY_CHARS = 256
+# An imported secret must travel in `Authorization: Bearer KEY`: visible ASCII only.
+IMPORTED_KEY = re.compile(r"[!-~]{16,256}")
 
 
 def customer_json(c: Customer, view: PlanView) -> dict[str, Any]:
@@ -67,6 +76,8 @@ async def put_customer(request: web.Request, mp: MeterProxy) -> web.Response:
     cid = customer_id(request)
     body = await json_body(request)
     plan = body.get("plan")
+    if plan is not None and not isinstance(plan, str):
+        raise bad_request("plan must be a plan's name or null")
     if plan is not None and plan not in {p.name for p in mp.config.plans}:
         raise bad_request(f"unknown plan {plan!r}", code="unknown_plan")
     try:
@@ -88,21 +99,18 @@ async def delete_customer(request: web.Request, mp: MeterProxy) -> web.Response:
 
 
 async def create_key(request: web.Request, mp: MeterProxy) -> web.Response:
+    """Issue a key (or import `{"key"}`), creating the customer; 409 when the customer was
+    deleted or the secret is already in use. The secret is answered once, stored hashed."""
     cid = customer_id(request)
     body = await json_body(request, required=False)
     key = body.get("key")
     if key is None:
         key = "mpk_" + secrets.token_urlsafe(32)
-    elif (
-        not isinstance(key, str)
-        or not MIN_IMPORTED_KEY_CHARS <= len(key) <= MAX_KEY_CHARS
-        or not key.isprintable()
-        or " " in key
-    ):
-        raise bad_request(
-            f"an imported key must be {MIN_IMPORTED_KEY_CHARS}-{MAX_KEY_CHARS} printable "
-            "characters without spaces"
-        )
+    elif not isinstance(key, str) or not IMPORTED_KEY.fullmatch(key):
+        raise bad_request("an imported key must be 16-256 visible ASCII characters")
+    existing = await mp.store.get_customer(cid)
+    if existing is not None and existing.deleted_at_ms is not None:
+        raise ApiError(409, "customer_deleted", "a deleted customer cannot get keys")
     key_id = "key_" + secrets.token_hex(8)
     try:
         stored = await mp.store.add_key(
@@ -118,7 +126,11 @@ async def create_key(request: web.Request, mp: MeterProxy) -> web.Response:
 
 
 async def list_keys(request: web.Request, mp: MeterProxy) -> web.Response:
-    keys = await mp.store.list_keys(customer_id(request))
+    """The customer's keys (id and first characters, revoked ones too); 404 if unknown."""
+    cid = customer_id(request)
+    if await mp.store.get_customer(cid) is None:
+        raise not_found("no such customer")
+    keys = page_of(await mp.store.list_keys(cid), request)
     return json_response({"items": [key_json(k) for k in keys]})
 
 
