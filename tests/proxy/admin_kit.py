@@ -66,26 +66,30 @@ class Seeds:
     statement_id: str
 
 
-def write(tmp_path: Path, upstream_port: int) -> Path:
+def write(tmp_path: Path, upstream_port: int, db: Path) -> Path:
     path = tmp_path / "meterproxy.yaml"
     path.write_text(CONFIG.format(port=upstream_port, token=ADMIN_TOKEN, ingest=INGEST_TOKEN,
-                                  db=tmp_path / "admin.db"))
+                                  db=db))
     return path
 
 
 @asynccontextmanager
-async def running_admin(tmp_path: Path, upstream_port: int) -> AsyncIterator[Admin]:
-    """A started meterproxy at 2026-01-06 on a test clock, stopped on exit."""
+async def running_admin(
+    tmp_path: Path, upstream_port: int, db: Path | None = None
+) -> AsyncIterator[Admin]:
+    """A started meterproxy at 2026-01-06 on a test clock (its SQLite file `db`, default
+    in tmp_path), stopped on exit unless the test stopped it."""
     clock = Clock(JAN.start_ms + 5 * DAY)
-    mp = MeterProxy(load_config(write(tmp_path, upstream_port)),
-                    registry=CollectorRegistry(), clock=clock)
+    config = load_config(write(tmp_path, upstream_port, db or tmp_path / "admin.db"))
+    mp = MeterProxy(config, registry=CollectorRegistry(), clock=clock)
     await mp.start()
     await mp.scheduler.finished(1)  # its first run is over: the test alone moves things now
     try:
         async with aiohttp.ClientSession() as session:
             yield Admin(mp, clock, session)
     finally:
-        await mp.stop()
+        if not mp.draining:
+            await mp.stop()
 
 
 async def seed(admin: Admin) -> Seeds:
