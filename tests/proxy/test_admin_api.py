@@ -76,6 +76,29 @@ async def test_events_after_a_delete_are_stored_and_not_billed(admin: Admin) -> 
     assert (status, error["error"]["code"]) == (409, "customer_deleted")
 
 
+async def test_events_list_newest_first_in_start_inclusive_end_exclusive(admin: Admin) -> None:
+    t = admin.clock.now - 10 * HOUR
+    for i in range(3):
+        await event(admin, f"t{i}", "acme", t + i * HOUR)
+    for start, end, expected in ((0, 3, ["t2", "t1", "t0"]), (1, 2, ["t1"]), (0, 1, ["t0"]),
+                                 (1, 3, ["t2", "t1"])):
+        found = await admin.ok("GET", "/events", start=format_timestamp(t + start * HOUR),
+                               end=format_timestamp(t + end * HOUR))
+        assert [e["event_id"] for e in found["items"]] == expected, (start, end)
+
+
+async def test_meters_are_listed_with_their_configuration(admin: Admin) -> None:
+    assert (await admin.ok("GET", "/v1/meters"))["items"] == [
+        {"name": "api_calls", "event_name": "api.call", "aggregation": {"type": "count",
+                                                                       "key": None},
+         "filter": None, "measurement_unit": "calls"},
+        {"name": "big_images", "event_name": "image", "aggregation": {"type": "sum", "key": "n"},
+         "filter": {"conjunction": "and", "clauses": [
+             {"key": "size", "operator": "equals", "value": "big"}]},
+         "measurement_unit": None},
+    ]
+
+
 # ---------------------------------------------------------------------- paging
 
 # Each list route of the document: the list of `c00` it is tested on, and its items' id.
@@ -238,3 +261,34 @@ async def test_readyz_is_503_while_the_store_rejects_writes(tmp_path: Path) -> N
             junk.unlink()  # room again: the writer's retry stores the event
             assert await ingest == (200, {"ingested_count": 1})
             assert await readyz(admin) == (200, {"status": "ready"})
+
+
+async def status_within_5s(session: aiohttp.ClientSession, url: str, key: str,
+                           expected: int) -> None:
+    """Poll until `url` answers `expected` to `key`; fail if 5 s pass first (the contract's
+    bound for a key change to reach every replica)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while True:
+        async with session.get(url, headers={"Authorization": f"Bearer {key}"}) as r:
+            if r.status == expected:
+                return
+        assert loop.time() < deadline, f"still {r.status} after 5 s"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_key_change_reaches_another_instance_within_5s(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    server = await aiohttp_server(Upstream().app())
+    db = tmp_path / "shared.db"
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    async with running_admin(tmp_path / "a", server.port, db) as a, running_admin(
+        tmp_path / "b", server.port, db
+    ) as b:
+        via_b = f"http://127.0.0.1:{b.mp.port('proxy')}/v1/echo"
+        issued = await a.ok("POST", "/v1/customers/acme/keys")
+        await status_within_5s(b.session, via_b, issued["key"], 200)
+        await a.ok("DELETE", f"/v1/customers/acme/keys/{issued['key_id']}")
+        await status_within_5s(b.session, via_b, issued["key"], 401)
