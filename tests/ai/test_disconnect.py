@@ -12,8 +12,9 @@ from typing import Any
 
 from anthropic import AsyncAnthropic
 
+from tests.ai import wire
 from tests.ai.conftest import Example, StartExample, until
-from tests.ai.upstream import Pacing
+from tests.ai.upstream import AiUpstream, Pacing
 from tests.ai.wire import Tokens
 
 AFTER_DISCONNECT = 1  # the first frame the upstream sends once the client has left
@@ -117,13 +118,20 @@ async def test_concurrent_drains_are_capped(start_example: StartExample) -> None
     await second.ended.wait()
 
 
-async def test_anthropic_sdk_client_that_stops_reading(start_example: StartExample) -> None:
-    """The official SDK closes its stream after message_start; message_delta still counts."""
-    example = await start_example("anthropic")
-    example.upstream.tokens = Tokens(input=25, output=15, cached=100, cache_write=10)
+def final_message_delta(upstream: AiUpstream) -> int:
+    """The index of the last message_delta (the final counts) in the upstream's next stream."""
+    frames = wire.anthropic_frames(
+        "m", upstream.tokens, upstream.pieces, upstream.anthropic_delta, upstream.server_tool_input
+    )
+    return len(frames) - 2  # message_stop follows it
+
+
+async def leave_anthropic_stream_after_message_start(example: Example) -> Pacing:
+    """The official SDK closes its stream after message_start; the upstream then goes on,
+    up to the final message_delta, which waits for `pacing.hold(final_message_delta(...))`."""
     pacing = example.upstream.pace()
-    message_delta = 7
     pacing.hold(AFTER_DISCONNECT)
+    pacing.hold(final_message_delta(example.upstream))
     client = AsyncAnthropic(api_key=example.key, base_url=example.url, max_retries=0)
     try:
         stream = await client.messages.create(
@@ -139,13 +147,50 @@ async def test_anthropic_sdk_client_that_stops_reading(start_example: StartExamp
     finally:
         await client.close()
     pacing.hold(AFTER_DISCONNECT).set()
-    events = await example.wait_for_events("anthropic.tokens", 2)
-    assert pacing.written(message_delta).is_set()
-    [usage] = [e["metadata"] for e in events if e["metadata"]["part"] == "usage"]
-    assert usage["aborted"] is True
+    return pacing
+
+
+async def test_anthropic_sdk_client_that_stops_reading(start_example: StartExample) -> None:
+    """Drained: message_delta still counts, its input (a server tool's too) over message_start's."""
+    example = await start_example("anthropic")
+    example.upstream.tokens = Tokens(input=25, output=15, cached=100, cache_write=10)
+    example.upstream.anthropic_delta = "input-side"
+    example.upstream.server_tool_input = 20  # message_start reports 5
+    pacing = await leave_anthropic_stream_after_message_start(example)
+    pacing.hold(final_message_delta(example.upstream)).set()
+    [event] = await example.wait_for_events("anthropic.tokens", 1)
+    assert event["metadata"]["aborted"] is True
     assert await example.quantities() == {
         "anthropic_input_tokens": 25,
         "anthropic_cache_read_input_tokens": 100,
         "anthropic_cache_write_input_tokens": 10,
         "anthropic_output_tokens": 15,
     }
+    await pacing.ended.wait()
+
+
+async def test_anthropic_stream_left_without_draining_bills_message_start(
+    start_example: StartExample,
+) -> None:
+    """Cut short: the input side falls back to message_start; the output is not known."""
+    example = await start_example("anthropic", drain_after_disconnect_s=0)
+    example.upstream.tokens = Tokens(input=25, output=15, cached=100, cache_write=10)
+    example.upstream.anthropic_delta = "input-side"
+    pacing = await leave_anthropic_stream_after_message_start(example)
+    [event] = await example.wait_for_events("anthropic.tokens", 1)
+    assert event["metadata"] == {
+        "model": "claude-sonnet-4-6",
+        "input_tokens": 25,
+        "cache_read_input_tokens": 100,
+        "cache_write_input_tokens": 10,
+        "aborted": True,
+    }
+    last_delta = final_message_delta(example.upstream)
+    assert not pacing.written(last_delta).is_set()  # the output count was never sent
+    pacing.hold(last_delta).set()
+    await pacing.ended.wait()
+    running = example.running
+    errors = running.metric(
+        "meterproxy_rule_errors_total", rule="anthropic-messages", reason="missing"
+    )
+    assert errors == 1  # output_tokens: counted, never billed as 0

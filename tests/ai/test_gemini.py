@@ -42,6 +42,8 @@ async def generate(example: Example, stream: bool) -> dict[str, Any]:
         text = (await response.read()).decode()
     chunks = [json.loads(block.removeprefix("data: ")) for block in text.split("\r\n\r\n") if block]
     assert len(chunks) == len(example.upstream.pieces)
+    running = [chunk["usageMetadata"].get("candidatesTokenCount") for chunk in chunks]
+    assert running[0] is None and running[1] < running[-1]  # running totals: the last counts
     final: dict[str, Any] = chunks[-1]["usageMetadata"]
     return final
 
@@ -63,6 +65,7 @@ async def test_generate_content(gemini_example: Example, tokens: Tokens, stream:
     gemini_example.upstream.tokens = tokens
     reported = await generate(gemini_example, stream)
     events = await gemini_example.events("gemini.tokens")
+    assert sorted(e["metadata"]["kind"] for e in events) == ["cache_credit", "usage"]
     [usage] = [e["metadata"] for e in events if e["metadata"]["kind"] == "usage"]
     assert usage == {
         "kind": "usage",

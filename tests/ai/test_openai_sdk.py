@@ -42,6 +42,14 @@ def by_kind(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [e["metadata"] for e in events if e["metadata"]["kind"] == kind]
 
 
+async def one_exchange(example: Example) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The usage event and the cache credit: the two events one exchange emits."""
+    events = await example.events("openai.tokens")
+    assert sorted(e["metadata"]["kind"] for e in events) == ["cache_credit", "usage"]
+    [usage], [credit] = by_kind(events, "usage"), by_kind(events, "cache_credit")
+    return usage, credit
+
+
 def expected_quantities(*usages: Tokens) -> dict[str, Decimal]:
     return {
         "openai_uncached_input_tokens": Decimal(sum(u.input - u.cached for u in usages)),
@@ -57,7 +65,8 @@ async def test_chat_completion_json(
     openai_example.upstream.tokens = tokens
     completion = await client.chat.completions.create(model=MODEL, messages=MESSAGES)
     assert completion.usage is not None and completion.choices[0].message.content == "Hello!"
-    [usage] = by_kind(await openai_example.events("openai.tokens"), "usage")
+    usage, credit = await one_exchange(openai_example)
+    assert credit["input_tokens"] == f"-{_cached(completion.usage.prompt_tokens_details)}"
     assert usage == {
         "kind": "usage",
         "model": MODEL,
@@ -80,7 +89,7 @@ async def test_chat_completion_stream_with_usage(
     chunks = [chunk async for chunk in stream]
     reported = chunks[-1].usage
     assert reported is not None and chunks[-1].choices == []  # usage rides in the last chunk
-    [usage] = by_kind(await openai_example.events("openai.tokens"), "usage")
+    usage, _ = await one_exchange(openai_example)
     assert usage["input_tokens"] == reported.prompt_tokens
     assert usage["cached_input_tokens"] == _cached(reported.prompt_tokens_details)
     assert usage["output_tokens"] == reported.completion_tokens
@@ -92,7 +101,8 @@ async def test_chat_stream_without_usage_records_no_tokens_rather_than_zero(
 ) -> None:
     stream = await client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
     assert [chunk.usage async for chunk in stream] == [None] * 5  # role, 3 pieces, stop
-    [usage] = by_kind(await openai_example.events("openai.tokens"), "usage")
+    usage, credit = await one_exchange(openai_example)
+    assert credit["input_tokens"] == "-0"  # a stream read to its end: the default applies
     assert "input_tokens" not in usage and "output_tokens" not in usage
     running = openai_example.running
     errors = running.metric("meterproxy_rule_errors_total", rule="openai-chat", reason="missing")
@@ -132,13 +142,21 @@ async def test_usage_accumulates_over_exchanges_of_both_apis_and_shapes(
     openai_example.upstream.tokens = third
     await client.responses.create(model=MODEL, input="Say hello")
     assert await openai_example.quantities() == expected_quantities(first, second, third)
+    assert len(await openai_example.events("openai.tokens")) == 3 * 2  # usage + credit each
 
 
+@pytest.mark.parametrize("api", ["chat", "responses-json", "responses-stream"])
 async def test_the_plan_bills_every_token_once(
-    openai_example: Example, client: AsyncOpenAI
+    openai_example: Example, client: AsyncOpenAI, api: str
 ) -> None:
     openai_example.upstream.tokens = Tokens(input=1_200_000, output=500_000, cached=1_000_000)
-    await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    if api == "chat":
+        await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    elif api == "responses-json":
+        await client.responses.create(model=MODEL, input="Say hello")
+    else:
+        stream = await client.responses.create(model=MODEL, input="Say hello", stream=True)
+        _ = [event async for event in stream]
     assert await openai_example.amounts() == {
         "openai_uncached_input_tokens": Decimal("0.50"),  # 0.2M x $2.50
         "openai_cached_input_tokens": Decimal("1.25"),  # 1M x $1.25
@@ -147,12 +165,17 @@ async def test_the_plan_bills_every_token_once(
 
 
 async def _assert_responses_usage(example: Example, reported: Any, tokens: Tokens) -> None:
-    usages = by_kind(await example.events("openai.tokens"), "usage")
-    # One rule per shape: the other shape's rule found nothing and counts zero.
-    [seen] = [u for u in usages if u["input_tokens"] != 0]
-    assert seen["input_tokens"] == reported.input_tokens
-    assert seen["cached_input_tokens"] == reported.input_tokens_details.cached_tokens
-    assert seen["output_tokens"] == reported.output_tokens
+    # One rule reads both shapes (`usage` or `response.usage`): no zero-filled events.
+    usage, credit = await one_exchange(example)
+    assert usage == {
+        "kind": "usage",
+        "model": MODEL,
+        "input_tokens": reported.input_tokens,
+        "cached_input_tokens": reported.input_tokens_details.cached_tokens,
+        "output_tokens": reported.output_tokens,
+        "aborted": False,
+    }
+    assert credit["input_tokens"] == f"-{reported.input_tokens_details.cached_tokens}"
     assert await example.quantities() == expected_quantities(tokens)
 
 

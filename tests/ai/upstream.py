@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.ai import wire
-from tests.ai.wire import Tokens
+from tests.ai.wire import AnthropicDelta, Tokens
 
 EVENT_STREAM = "text/event-stream; charset=utf-8"
 
@@ -41,7 +41,8 @@ class AiUpstream:
 
     tokens: Tokens = field(default_factory=lambda: Tokens(input=120, output=48, cached=64))
     pieces: list[str] = field(default_factory=lambda: ["Hel", "lo", "!"])
-    repeat_input_in_delta: bool = False  # Anthropic: message_delta repeats the input counts
+    anthropic_delta: AnthropicDelta = "output"  # what Anthropic's message_delta reports
+    server_tool_input: int = 0  # Anthropic: input a server tool adds mid-stream
     customers: list[str] = field(default_factory=list)  # X-Meterproxy-Customer per request
     _pacing: list[Pacing] = field(default_factory=list)
 
@@ -92,7 +93,9 @@ class AiUpstream:
             text = "".join(self.pieces)
             message = wire.anthropic_message(model, self.tokens, text, self.tokens.output)
             return web.json_response(message)
-        frames = wire.anthropic_frames(model, self.tokens, self.pieces, self.repeat_input_in_delta)
+        frames = wire.anthropic_frames(
+            model, self.tokens, self.pieces, self.anthropic_delta, self.server_tool_input
+        )
         return await self._stream(request, frames)
 
     async def gemini(self, request: web.Request) -> web.StreamResponse:

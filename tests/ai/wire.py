@@ -9,8 +9,8 @@ Google's prompt count (cached tokens included) but Anthropic's uncached `input_t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 CREATED = 1_750_000_000
 
@@ -178,32 +178,64 @@ def anthropic_message(model: str, tokens: Tokens, text: str, output: int) -> dic
     }
 
 
+_CACHE_COUNTS = ("cache_creation_input_tokens", "cache_read_input_tokens")
+
+AnthropicDelta = Literal["output", "input-side", "input-only"]
+"""What a stream's message_delta reports beside its cumulative output_tokens.
+
+"output": nothing else (older API versions). "input-side": the cumulative input_tokens,
+cache_read_input_tokens and cache_creation_input_tokens. "input-only": input_tokens, with
+the cache counts null (not applicable). The SDKs take each count that is not null from the
+last message_delta, else from message_start.
+"""
+
+
 def anthropic_frames(
-    model: str, tokens: Tokens, pieces: list[str], repeat_input: bool = False
+    model: str,
+    tokens: Tokens,
+    pieces: list[str],
+    delta: AnthropicDelta = "output",
+    tool_input: int = 0,
 ) -> list[bytes]:
     """A streamed message: the input side in message_start, the output in message_delta.
 
-    `repeat_input`: message_delta repeats the (cumulative) input-side counts, as the API
-    does in newer versions; a meter that added both would count them twice.
+    `tokens` is the turn's final usage. `tool_input`: input that a server tool adds during
+    the turn: message_start reports that much less input, an early message_delta (the first
+    round, before the tool's results are read) the counts so far, and the last one the
+    final counts. It needs a `delta` that reports input: else that input is never sent.
     """
-    start = anthropic_message(model, tokens, "", output=1)
-    delta_usage: dict[str, Any] = {"output_tokens": tokens.output}
-    if repeat_input:
-        delta_usage = anthropic_usage(tokens, tokens.output)
+    if tool_input and delta == "output":
+        raise ValueError("server-tool input is only reported by a message_delta with input")
+    if not 0 <= tool_input <= tokens.input:
+        raise ValueError(f"tool_input {tool_input} outside 0..{tokens.input}")
+    before_tool = replace(tokens, input=tokens.input - tool_input)
     block = {"type": "text", "text": ""}
     events: list[tuple[str, dict[str, Any]]] = [
-        ("message_start", {"message": start}),
+        ("message_start", {"message": anthropic_message(model, before_tool, "", output=1)}),
         ("content_block_start", {"index": 0, "content_block": block}),
         ("ping", {}),
     ]
-    for piece in pieces:
-        delta = {"type": "text_delta", "text": piece}
-        events.append(("content_block_delta", {"index": 0, "delta": delta}))
+    for i, piece in enumerate(pieces):
+        delta_text = {"type": "text_delta", "text": piece}
+        events.append(("content_block_delta", {"index": 0, "delta": delta_text}))
+        if tool_input and i == 0:  # the first round ends: cumulative counts so far
+            events.append(_message_delta(before_tool, tokens.output // 2, delta, stop=None))
     events.append(("content_block_stop", {"index": 0}))
-    stop = {"stop_reason": "end_turn", "stop_sequence": None}
-    events.append(("message_delta", {"delta": stop, "usage": delta_usage}))
+    events.append(_message_delta(tokens, tokens.output, delta, stop="end_turn"))
     events.append(("message_stop", {}))
     return [sse({"type": name, **body}, event=name) for name, body in events]
+
+
+def _message_delta(
+    tokens: Tokens, output: int, delta: AnthropicDelta, stop: str | None
+) -> tuple[str, dict[str, Any]]:
+    usage: dict[str, Any] = {"output_tokens": output}
+    if delta == "input-side":
+        usage = anthropic_usage(tokens, output)
+    elif delta == "input-only":
+        usage = {**anthropic_usage(tokens, output), **dict.fromkeys(_CACHE_COUNTS)}
+    stop_reason = {"stop_reason": stop, "stop_sequence": None}
+    return ("message_delta", {"delta": stop_reason, "usage": usage})
 
 
 # --------------------------------------------------------------------- Google Gemini
@@ -243,12 +275,19 @@ def gemini_frames(
     model: str, tokens: Tokens, pieces: list[str], newline: bytes = b"\r\n"
 ) -> list[bytes]:
     """`alt=sse` chunks (CRLF-delimited, as Google sends them); every chunk has
-    usageMetadata, and only the last one has the final output count."""
-    last = len(pieces) - 1
+    usageMetadata with running totals: the first has no output count yet, later ones
+    count the output so far, and only the last one has the final count."""
     return [
-        sse(gemini_body(model, tokens, p, tokens.output if i == last else None), newline=newline)
+        sse(gemini_body(model, tokens, p, _running(tokens.output, i, len(pieces))), newline=newline)
         for i, p in enumerate(pieces)
     ]
+
+
+def _running(total: int, index: int, count: int) -> int | None:
+    """The output count chunk `index` of `count` reports: none in the first, all in the last."""
+    if index == count - 1:
+        return total
+    return None if index == 0 else total * index // count
 
 
 # ------------------------------------------------------------------------- images
