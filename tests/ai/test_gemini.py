@@ -88,3 +88,18 @@ async def test_other_model_methods_are_not_metered_as_tokens(gemini_example: Exa
         assert response.status == 200
         assert await response.json() == {"totalTokens": gemini_example.upstream.tokens.input}
     assert await gemini_example.events("gemini.tokens") == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_the_plan_bills_every_token_once(gemini_example: Example, stream: bool) -> None:
+    gemini_example.upstream.tokens = Tokens(
+        input=2_000_000, output=150_000, cached=1_500_000, thinking=300_000, tool_use=40_000
+    )
+    await generate(gemini_example, stream)
+    assert await gemini_example.amounts() == {  # each line rounds half up on its own
+        "gemini_uncached_input_tokens": Decimal("0.15"),  # 0.5M x $0.30
+        "gemini_cached_input_tokens": Decimal("0.11"),  # 1.5M x $0.075 = 0.1125
+        "gemini_output_tokens": Decimal("0.38"),  # 0.15M x $2.50 = 0.375
+        "gemini_thinking_tokens": Decimal("0.75"),  # 0.3M x $2.50
+        "gemini_tool_use_prompt_tokens": Decimal("0.01"),  # 0.04M x $0.30 = 0.012
+    }
