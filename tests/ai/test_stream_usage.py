@@ -348,6 +348,5 @@ def test_a_count_in_an_oversized_chunk_is_never_taken_from_an_earlier_chunk() ->
     rules = RuleSet(example("gemini").rules.rules, limit)
     events, errors = run(call, frames, rules=rules)
     [usage] = [e.metadata for e in events if e.metadata["kind"] == "usage"]
-    assert usage.get("output_tokens") != 160  # the running total of the third chunk
     assert "output_tokens" not in usage
     assert ("gemini-stream", "body_too_large", "output_tokens") in errors
