@@ -56,9 +56,9 @@ ISSUE: Schema = obj({"field": STRING, "message": STRING},
 METADATA_VALUE: Schema = {"anyOf": [{"type": "string", "maxLength": 500}, {"type": "number"},
                                     {"type": "boolean"}]}
 
-_NAME: Schema = {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[^\\u0000]*$"}
+_NAME: Schema = {"type": "string", "minLength": 1, "maxLength": 256}
 _EVENT_IN = obj(
-    {"event_id": {**_NAME, "not": {"pattern": "^mp_"}},
+    {"event_id": {**_NAME, "pattern": "^[^\\u0000]*$", "not": {"pattern": "^mp_"}},
      "customer_id": CUSTOMER_ID,
      "event_name": _NAME},
     {"timestamp": nullable(INSTANT),
