@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from decimal import Decimal
 from pathlib import Path
@@ -14,9 +13,9 @@ from billing.statement import ManualAdjustment
 from billing.store.sqlite import SqliteStore
 from billing.verify import verify
 from proxy.app import store_for
-from proxy.cli import main
 from proxy.config import Config, load_config
 from tests.billing.test_engine_kit import DAY, FEB, GRACE, JAN, Clock, event
+from tests.proxy.test_cli import run_cli
 
 CONFIG = """\
 proxy: {{listen: "127.0.0.1:0", upstream: "http://127.0.0.1:9"}}
@@ -97,22 +96,19 @@ async def test_a_statement_built_from_damaged_aggregates_is_reported(config: Con
     assert any(p.startswith("line api_calls: quantity 6 -> 1") for p in problems), problems
 
 
-def test_the_verify_command_exits_1_on_a_difference(
-    config: Config, capsys: pytest.CaptureFixture[str]
-) -> None:
-    asyncio.run(statements(config, Clock(), corrupt="c"))
-    assert main(["verify", "-c", config.filename]) == 1
-    out = capsys.readouterr().out.splitlines()
-    assert out[-1] == "6 final statements verified, 1 differ"
-    assert all("(c)" in line for line in out[:-1])
+async def test_the_verify_command_exits_1_on_a_difference(config: Config) -> None:
+    await statements(config, Clock(), corrupt="c")
+    code, out, _ = await run_cli("verify", "-c", config.filename)
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[-1] == "6 final statements verified, 1 differ"
+    assert all("(c)" in line for line in lines[:-1])
     # rebuilding the aggregates repairs what later statements read, not final ones
-    assert main(["rebuild", "-c", config.filename]) == 0
-    assert main(["verify", "-c", config.filename]) == 1
+    assert (await run_cli("rebuild", "-c", config.filename))[0] == 0
+    assert (await run_cli("verify", "-c", config.filename))[0] == 1
 
 
-def test_the_verify_command_exits_0_when_everything_agrees(
-    config: Config, capsys: pytest.CaptureFixture[str]
-) -> None:
-    asyncio.run(statements(config, Clock()))
-    assert main(["verify", "-c", config.filename]) == 0
-    assert capsys.readouterr().out == "6 final statements verified, 0 differ\n"
+async def test_the_verify_command_exits_0_when_everything_agrees(config: Config) -> None:
+    await statements(config, Clock())
+    assert await run_cli("verify", "-c", config.filename) == (
+        0, "6 final statements verified, 0 differ\n", "")
