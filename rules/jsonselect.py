@@ -318,7 +318,11 @@ class _EventStreamTap:
     def _take(self, events: list[SseEvent]) -> None:
         for event in events:
             if event.oversized:
+                # The dropped event may have held newer values of paths already found:
+                # billing an older one silently would be wrong, so they become too large
+                # unless a later event holds them again.
                 self._oversized = True
+                self._found.clear()
             elif event.data != b"[DONE]":  # OpenAI's end-of-stream marker
                 self._read(event.data)
 

@@ -332,16 +332,11 @@ def _with_image(frame: bytes, size: int) -> bytes:
     return wire.sse(body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rules/jsonselect.py _EventStreamTap: an event dropped as oversized does not "
-    "retire the values that earlier events gave the paths it may hold",
-)
 def test_a_count_in_an_oversized_chunk_is_never_taken_from_an_earlier_chunk() -> None:
     """Gemini image output: the last chunk holds the image (over inspect_body_limit) and the
     final counts; earlier chunks hold running totals. The final output count cannot be read,
-    so the contract leaves the key out and counts body_too_large; today the running total of
-    an earlier chunk is billed instead (160 of 320 output tokens here)."""
+    so the contract leaves the key out and counts body_too_large, never billing the running
+    total of an earlier chunk (160 of 320 output tokens here)."""
     call = _call("gemini-sse")
     limit = 2 * max(len(frame) for frame in call.frames)  # every chunk but the image fits
     frames = [*call.frames[:-1], _with_image(call.frames[-1], limit)]
