@@ -1,93 +1,94 @@
-"""Bulk reads and writes of aggregate rows in the PostgreSQL store.
+"""Bulk merges of aggregate deltas into the PostgreSQL store's aggregate rows.
 
 An append touches a few thousand rows (every customer's bucket and rollup of every meter).
-The rows travel by binary COPY into per-session temporary tables, then one join reads or
-writes them all: asyncpg encodes array parameters element by element through isinstance
-checks of abstract base classes, which made array parameters cost more than the statements.
-The temporary tables are created once per connection (`prepare_connection`, the pool's init),
-emptied when a merge starts and by every commit.
+The deltas travel by binary COPY into a per-session temporary table, and one statement moves
+them into `meter_aggregates`, merging each with the stored row server side (`INSERT ... ON
+CONFLICT DO UPDATE`): no round trip reads the stored rows first. The SQL merge is
+`billing.meters.merge` written out per aggregation type, ties included, so that a quantity
+never depends on the order or grouping of the events (see `_MERGE`).
+
+asyncpg encodes array parameters element by element through isinstance checks of abstract
+base classes, which made array parameters of thousands of rows cost more than the statement;
+COPY avoids that. The temporary table is created once per connection (`prepare_connection`,
+the pool's init) and emptied by the merge that reads it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
 
-from billing.meters import Aggregate
+from billing.meters import Aggregate, AggregationType, Number
 from billing.store.pg_connection import Connection, Row
 
-AggregateRowKey = tuple[str, str, int, int]  # (meter, customer_id, bucket_start_ms, size_ms)
+# (meter, customer_id, bucket_start_ms, size_ms, count, value, last_ts_ms, last_seq)
+DeltaRow = tuple[str, str, int, int, int, Number, int, int]
 
-_KEY = "meter, customer_id, bucket_start_ms, size_ms"
-_VALUES = "count, value, last_ts_ms, last_seq"
-_TEMP_TABLES = """
-    CREATE TEMPORARY TABLE touched_aggregates (
-        meter text, customer_id text, bucket_start_ms bigint, size_ms bigint
-    ) ON COMMIT DELETE ROWS;
-    CREATE TEMPORARY TABLE merged_aggregates (
+_COLUMNS = "meter, customer_id, bucket_start_ms, size_ms, count, value, last_ts_ms, last_seq"
+_TEMP_TABLE = """
+    CREATE TEMPORARY TABLE aggregate_deltas (
         meter text, customer_id text, bucket_start_ms bigint, size_ms bigint,
-        count bigint, value numeric, last_ts_ms bigint, last_seq bigint, stored boolean
-    ) ON COMMIT DELETE ROWS;"""
-# Each touched row is one primary-key probe, so both joins below must be nested loops over
-# the temporary table. The planner misjudges young tables (no statistics until autovacuum
-# analyses them) and would hash all of meter_aggregates instead, a cost that grows with the
-# table; the SET LOCALs last until the transaction ends. A rebuild merges several times in
-# one transaction, so each merge starts from empty temporary tables. The joins also take the
-# touched meters as a parameter: a statement without parameters is planned once and that plan
-# reused however the table grows; with one, the pool's plan_cache_mode plans each execution.
-_START_MERGE = """
-    SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;
-    DELETE FROM touched_aggregates; DELETE FROM merged_aggregates"""
-_TOUCHED = f"""
-    SELECT {_KEY}, {_VALUES} FROM touched_aggregates JOIN meter_aggregates USING ({_KEY})
-    WHERE meter = ANY($1::text[])"""
-_UPDATE = """
-    UPDATE meter_aggregates AS a SET count = m.count, value = m.value,
-        last_ts_ms = m.last_ts_ms, last_seq = m.last_seq
-    FROM merged_aggregates AS m
-    WHERE m.stored AND a.meter = ANY($1::text[])
-        AND (a.meter, a.customer_id, a.bucket_start_ms, a.size_ms)
-        = (m.meter, m.customer_id, m.bucket_start_ms, m.size_ms)"""
-_INSERT = f"""
-    INSERT INTO meter_aggregates ({_KEY}, {_VALUES})
-    SELECT {_KEY}, {_VALUES} FROM merged_aggregates WHERE NOT stored"""
+        count bigint, value numeric, last_ts_ms bigint, last_seq bigint
+    ) ON COMMIT DELETE ROWS"""
+
+
+def _total_greater(x: str, y: str) -> str:
+    """SQL for `Decimal(x).compare_total(Decimal(y)) > 0` on NUMERIC: by value, then equal
+    values by exponent as Python orders them (2 > 2.0, but -2.0 > -2)."""
+    return (f"({x} > {y} OR ({x} = {y} AND CASE WHEN {x} >= 0 THEN scale({x}) < scale({y})"
+            f" ELSE scale({x}) > scale({y}) END))")
+
+
+# The delta (excluded) holds the later event: by (timestamp, seq), a full tie by value.
+_LATER = (f"((excluded.last_ts_ms, excluded.last_seq) > (a.last_ts_ms, a.last_seq)"
+          f" OR ((excluded.last_ts_ms, excluded.last_seq) = (a.last_ts_ms, a.last_seq)"
+          f" AND {_total_greater('excluded.value', 'a.value')}))")
+# $1, $2, $3: the names of the sum, max and last meters; every other meter counts.
+_MERGE = f"""
+    WITH d AS (DELETE FROM aggregate_deltas RETURNING {_COLUMNS})
+    INSERT INTO meter_aggregates AS a ({_COLUMNS}) SELECT {_COLUMNS} FROM d
+    ON CONFLICT (meter, customer_id, bucket_start_ms, size_ms) DO UPDATE SET
+        count = a.count + excluded.count,
+        value = CASE
+            WHEN a.meter = ANY($1::text[]) THEN a.value + excluded.value
+            WHEN a.meter = ANY($2::text[]) THEN
+                CASE WHEN {_total_greater('excluded.value', 'a.value')}
+                     THEN excluded.value ELSE a.value END
+            WHEN a.meter = ANY($3::text[]) THEN
+                CASE WHEN {_LATER} THEN excluded.value ELSE a.value END
+            ELSE a.count + excluded.count END,
+        last_ts_ms = CASE WHEN {_LATER} THEN excluded.last_ts_ms ELSE a.last_ts_ms END,
+        last_seq = CASE WHEN {_LATER} THEN excluded.last_seq ELSE a.last_seq END"""
 
 
 async def prepare_connection(conn: Connection) -> None:
-    """Create this session's temporary tables (run once per new pooled connection)."""
-    await conn.execute(_TEMP_TABLES)
+    """Create this session's temporary table (run once per new pooled connection)."""
+    await conn.execute(_TEMP_TABLE)
 
 
-async def stored_rows(
-    conn: Connection, keys: Collection[AggregateRowKey]
-) -> dict[AggregateRowKey, Aggregate]:
-    """The stored aggregate rows among `keys`; absent keys have no row. Call inside the
-    transaction that will write them."""
-    await conn.execute(_START_MERGE)
-    await conn.copy_records_to_table("touched_aggregates", records=keys)
-    rows = await conn.fetch(_TOUCHED, _meters(keys))
-    return {(row[0], row[1], row[2], row[3]): aggregate(row[4:]) for row in rows}
-
-
-async def write_rows(
-    conn: Connection, rows: Mapping[AggregateRowKey, Aggregate], stored: Iterable[AggregateRowKey]
+async def merge_rows(
+    conn: Connection, deltas: Sequence[DeltaRow], kinds: Mapping[str, AggregationType]
 ) -> None:
-    """Write `rows`: update those whose key is in `stored`, insert the others. Call after
-    `stored_rows`, in the same transaction."""
-    existing = set(stored)
-    await conn.copy_records_to_table("merged_aggregates", records=(
-        (*key, agg.count, agg.value, agg.last_ts, agg.last_seq, key in existing)
-        for key, agg in rows.items()
-    ))
-    if existing:
-        await conn.execute(_UPDATE, _meters(existing))
-    if len(existing) < len(rows):
-        await conn.execute(_INSERT)
-
-
-def _meters(keys: Iterable[AggregateRowKey]) -> list[str]:
-    return sorted({key[0] for key in keys})
+    """Merge `deltas` (one per row key; a count's value is its count) into the stored rows,
+    creating missing ones; `kinds` gives each meter's aggregation. Call inside the
+    transaction that stamps their events."""
+    if not deltas:
+        return
+    await conn.copy_records_to_table("aggregate_deltas", records=deltas)
+    named = {kind: [name for name, k in kinds.items() if k == kind]
+             for kind in ("sum", "max", "last")}
+    await conn.execute(_MERGE, named["sum"], named["max"], named["last"])
 
 
 def aggregate(row: Row) -> Aggregate:
-    """An Aggregate from (count, value, last_ts_ms, last_seq) columns; value is a Decimal."""
-    return Aggregate(int(row[0]), row[1], int(row[2]), int(row[3]))
+    """An Aggregate from (count, value, last_ts_ms, last_seq) columns; value is a NUMERIC."""
+    return Aggregate(int(row[0]), from_numeric(row[1]), int(row[2]), int(row[3]))
+
+
+def from_numeric(value: Decimal) -> Decimal:
+    """A NUMERIC as asyncpg decoded it, in PostgreSQL's own notation. asyncpg gives an integer
+    ending in zero base-10000 digits an exponent (12500000000 comes back as 1.25E+10), which
+    NUMERIC never has; a statement must show what SQLite shows for the same integer."""
+    exponent = value.as_tuple().exponent
+    return Decimal(int(value)) if isinstance(exponent, int) and exponent > 0 else value
+

@@ -1,5 +1,6 @@
-"""PostgreSQL plumbing of the store: the connection pool, typed views of asyncpg, and the
-translation of driver errors into `StoreError`.
+"""PostgreSQL plumbing of the store: the connection pool, typed views of asyncpg, the
+translation of driver errors into `StoreError`, and `PostgresDatabase`, the connections every
+part of the engine (events, ledger) goes through.
 
 asyncpg ships no type hints; `Connection` and `Pool` below declare the few methods the store
 calls, so that the rest of the engine is checked.
@@ -10,8 +11,8 @@ Exceptions:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -48,6 +49,8 @@ class Connection(Protocol):
     async def fetchrow(self, query: str, *args: Any) -> Row | None: ...
 
     async def fetchval(self, query: str, *args: Any) -> Any: ...
+
+    async def executemany(self, command: str, args: Iterable[Sequence[Any]]) -> None: ...
 
     def transaction(
         self, *, isolation: str | None = None, readonly: bool = False
@@ -143,3 +146,57 @@ def redact(url: str) -> str:
     if ":" not in userinfo:
         return url
     return urlunsplit(parts._replace(netloc=userinfo.split(":", 1)[0] + at + host))
+
+
+class PostgresDatabase:
+    """The pool of one database and the ways to use it; the engine's classes build on it.
+
+    `url` must have passed `check_url`; `where` is how messages name the database (the URL
+    without its password). Connections are made by `open_pool` (the pool connects lazily).
+    """
+
+    def __init__(self, url: str, pool_size: int, connect_timeout_s: float,
+                 command_timeout_s: float) -> None:
+        self._url = url
+        self._where = redact(url)
+        self._pool_settings = (pool_size, connect_timeout_s, command_timeout_s)
+        self._connect_timeout_s = connect_timeout_s
+        self._pool: Pool | None = None
+
+    async def open_pool(self, init: Callable[[Connection], Awaitable[None]]) -> None:
+        """Create the pool; each new connection runs `init` once."""
+        self._pool = await create_pool(self._url, *self._pool_settings, init=init)
+
+    async def close(self) -> None:
+        """Close the pool; safe to call twice or after a failed open."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        """A pooled connection; driver errors of the block as StoreError/StoreUnreachable.
+        Raises StoreError when the pool is not open."""
+        if self._pool is None:
+            raise StoreError("the store is not open")
+        with translated(self._where):
+            async with self._pool.acquire(timeout=self._connect_timeout_s) as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Connection]:
+        """One read-committed write transaction, rolled back on any error."""
+        async with self._connection() as conn, conn.transaction():
+            yield conn
+
+    @asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[Connection]:
+        """Several reads that see one committed state of the database."""
+        async with self._connection() as conn, conn.transaction(
+            isolation="repeatable_read", readonly=True
+        ):
+            yield conn
+
+    async def _read(self, sql: str, *args: Any) -> list[Row]:
+        async with self._connection() as conn:
+            return await conn.fetch(sql, *args)

@@ -51,16 +51,6 @@ async def page(conn: Connection, limit: int, offset: int) -> list[Customer]:
     return [Customer(*row) for row in rows]
 
 
-async def set_plan(conn: Connection, customer_id: str, plan: str | None, now_ms: int) -> Customer:
-    row = await conn.fetchrow(
-        "INSERT INTO customers (id, created_at_ms, plan) VALUES ($1, $2, $3)"
-        f" ON CONFLICT (id) DO UPDATE SET plan = excluded.plan RETURNING {_CUSTOMER_COLUMNS}",
-        customer_id, now_ms, plan,
-    )
-    assert row is not None  # an upsert returns its row
-    return Customer(*row)
-
-
 async def add_key(
     conn: Connection, customer_id: str, key_id: str, key_hash: bytes, prefix: str, now_ms: int
 ) -> ApiKey:

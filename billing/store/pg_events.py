@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import cast
 
+import asyncpg  # type: ignore[import-untyped]
+
 from billing.events import Source, StoredEvent, UsageEvent
 from billing.store.base import decode_metadata, encode_metadata
 from billing.store.pg_connection import Connection, Row
@@ -30,14 +32,24 @@ async def known_ids(conn: Connection, event_ids: Collection[str]) -> set[str]:
 
 async def insert(
     conn: Connection, events: Sequence[UsageEvent], first_seq: int, ingested_at_ms: int
-) -> None:
-    """Store events that are not stored yet, numbered from `first_seq` in input order
-    (binary COPY: one round trip for the batch)."""
-    await conn.copy_records_to_table("events", columns=_COLUMNS, records=(
-        (seq, e.event_id, e.customer_id, e.event_name, e.timestamp_ms,
-         encode_metadata(e.metadata), e.source, ingested_at_ms)
-        for seq, e in enumerate(events, first_seq)
-    ))
+) -> bool:
+    """Store the events (distinct ids), numbered from `first_seq` in input order, by binary
+    COPY; False (nothing stored) when one of them is stored already.
+
+    Proxy events never are and ingested ones seldom: trying first and probing only after a
+    refusal saves the probe of every id on every append. A savepoint keeps the caller's
+    transaction usable after the refusal.
+    """
+    try:
+        async with conn.transaction():
+            await conn.copy_records_to_table("events", columns=_COLUMNS, records=(
+                (seq, e.event_id, e.customer_id, e.event_name, e.timestamp_ms,
+                 encode_metadata(e.metadata), e.source, ingested_at_ms)
+                for seq, e in enumerate(events, first_seq)
+            ))
+    except asyncpg.UniqueViolationError:
+        return False
+    return True
 
 
 async def get(conn: Connection, event_id: str) -> StoredEvent | None:

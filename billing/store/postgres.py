@@ -1,31 +1,31 @@
-"""The PostgreSQL engine of `Store` (asyncpg): one database shared by every replica of a fleet.
+"""The PostgreSQL engine of `LedgerStore` (asyncpg): one database shared by every replica.
 
 Appends across replicas: every append locks the single row of `ingest_counter` first, takes
 the next seq and ingested_at from it, and holds the lock until it commits. Appends therefore
 commit one at a time in ingested_at (and seq) order, fleet-wide, which is what makes the
 largest visible ingested_at a watermark: no event with a smaller ingested_at can still be
 uncommitted. The cost is that the fleet's appends do not overlap: each holds the lock for
-its dedup probe, inserts, aggregate writes and commit (tens of ms per 1,000-event batch). They
-would mostly queue anyway: replicas metering the same customers update the same current
-aggregate rows, whose row locks serialise them just the same. A row lock (not an advisory
-lock) also carries the counter values, and is freed with the transaction however it ends.
+its dedup probe, inserts, aggregate merge and commit. They would mostly queue anyway:
+replicas metering the same customers update the same current aggregate rows, whose row locks
+serialise them just the same. A row lock (not an advisory lock) also carries the counter
+values, and is freed with the transaction however it ends.
 
 Everything else (dedup by event_id, created customers, bucket and rollup aggregates built with
-`BatchFold` and `with_rollups`, reads planned by `plan_read`) behaves as in the SQLite engine.
-Quantities are NUMERIC, exact. The SQL of events, aggregate writes, customers and keys lives
-in pg_events.py, pg_aggregates.py and pg_customers.py beside this file.
+`BatchFold` and `with_rollups`, reads planned by `plan_read`) behaves as in the SQLite engine,
+except which meters opening rebuilds (billing/store/pg_meters.py: replicas of a rolling
+deploy must not rebuild each other's aggregates). Quantities are NUMERIC, exact. The SQL of
+events, aggregate merges, customers and keys lives in pg_events.py, pg_aggregates.py and
+pg_customers.py; the billing tables are `PostgresLedger`'s (pg_ledger.py), a base class.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 from billing.events import StoredEvent, UsageEvent, now_ms
 from billing.meters import Aggregate, Meter, merge
-from billing.store import pg_aggregates, pg_customers, pg_events
+from billing.store import pg_aggregates, pg_customers, pg_events, pg_meters, pg_rollups
 from billing.store.base import (
     ROLLUP_BUCKETS,
     ApiKey,
@@ -33,29 +33,26 @@ from billing.store.base import (
     BatchFold,
     Customer,
     ReadPlan,
-    StoreError,
     decode_metadata,
     fold_rows,
     merged,
     plan_read,
-    with_rollups,
 )
-from billing.store.pg_connection import (
-    Connection,
-    Pool,
-    Row,
-    check_url,
-    create_pool,
-    redact,
-    translated,
-)
+from billing.store.pg_connection import Connection, Row, check_url
+from billing.store.pg_ledger import PostgresLedger
 from billing.store.pg_schema import migrate, schema_lock
 
 _log = logging.getLogger(__name__)
 
 _REBUILD_BATCH = 10_000  # raw events read per query while rebuilding: bounds memory
+# Customers known to be stored, so that an append does not re-insert them: a bound on the
+# memory this takes (the set starts over when it is reached).
+_KNOWN_CUSTOMERS_MAX = 200_000
 
-_LOCK_COUNTER = "SELECT last_seq, ingested_at_ms FROM ingest_counter FOR UPDATE"
+_LOCK_COUNTER = """
+    SELECT last_seq, ingested_at_ms, meters_version, rollups_until FROM ingest_counter
+    FOR UPDATE"""
+_ROLLUPS_UNTIL = "SELECT rollups_until FROM ingest_counter"
 _ADVANCE_COUNTER = "UPDATE ingest_counter SET last_seq = $1, ingested_at_ms = $2"
 _AGGREGATE_COLUMNS = "count, value, last_ts_ms, last_seq"
 # Rows of a ReadPlan: rollups within [$4, $5), buckets elsewhere in [$2, $3).
@@ -76,14 +73,14 @@ _REBUILD_SCAN = """
     SELECT seq, customer_id, timestamp_ms, metadata FROM events
     WHERE seq > $1 AND event_name = $2 ORDER BY seq LIMIT $3"""
 _SAVE_METER_STATE = """
-    INSERT INTO meter_state VALUES ($1, $2, $3, $4, $5)
+    INSERT INTO meter_state VALUES ($1, $2, $3, $4, $5, true)
     ON CONFLICT (meter) DO UPDATE SET fingerprint = excluded.fingerprint,
         bucket_ms = excluded.bucket_ms, rollup_ms = excluded.rollup_ms,
-        built_at_ms = excluded.built_at_ms"""
+        built_at_ms = excluded.built_at_ms, complete = true"""
 
 
-class PostgresStore:
-    """`Store` on a PostgreSQL database shared by replicas; see the module docstring.
+class PostgresStore(PostgresLedger):
+    """`LedgerStore` on a PostgreSQL database shared by replicas; see the module docstring.
 
     `url` is a libpq-style URL (postgresql://user:password@host:port/database); `meters`,
     `bucket_ms` and `clock` mean what they mean for SqliteStore. The pool holds at most
@@ -107,41 +104,34 @@ class PostgresStore:
         if bucket_ms <= 0:
             raise ValueError(f"bucket_ms must be positive, got {bucket_ms}")
         check_url(url)
-        self._url = url
-        self._where = redact(url)
+        super().__init__(url, pool_size, connect_timeout_s, command_timeout_s)
         self._meters = {meter.name: meter for meter in meters}
+        self._kinds = {meter.name: meter.aggregation for meter in meters}
         self._bucket_ms = bucket_ms
         self._clock = clock
-        self._pool_settings = (pool_size, connect_timeout_s, command_timeout_s)
-        self._connect_timeout_s = connect_timeout_s
-        self._pool: Pool | None = None
+        self._known_customers: set[str] = set()
+        # The meters this replica folds, as of meters_version (None: not read yet).
+        self._folded: tuple[Meter, ...] = ()
+        self._meters_version: int | None = None
 
     # ----------------------------------------------------------------- lifecycle
 
     async def open(self, *, rebuild_all: bool = False) -> None:
-        """Connect, migrate the schema and rebuild changed meters' aggregates (every meter's
-        with `rebuild_all`: `meterproxy rebuild`), holding the fleet's schema lock so that
-        replicas starting together do each step once.
+        """Connect, migrate the schema and build the aggregates opening calls for
+        (pg_meters.py; every meter's with `rebuild_all`: `meterproxy rebuild`), holding the
+        fleet's schema lock so that replicas starting together do each step once.
 
         Raises StoreUnreachable when the server cannot be reached, StoreError when the
         database refuses or holds a schema newer than this version knows.
         """
-        self._pool = await create_pool(
-            self._url, *self._pool_settings, init=pg_aggregates.prepare_connection
-        )
+        await self.open_pool(pg_aggregates.prepare_connection)
         try:
             async with self._connection() as conn, schema_lock(conn):
                 await migrate(conn, self._clock())
-                await self._sync_meters(rebuild_all)
+                await self._sync_meters(conn, rebuild_all)
         except BaseException:
             await self.close()
             raise
-
-    async def close(self) -> None:
-        """Close the pool; safe to call twice or after a failed open."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
 
     # -------------------------------------------------------------------- events
 
@@ -153,33 +143,63 @@ class PostgresStore:
             firsts.setdefault(event.event_id, index)  # the first of a batch's duplicates wins
         stored = [False] * len(events)
         async with self._transaction() as conn:
-            last_seq, watermark = _pair(await conn.fetchrow(_LOCK_COUNTER))
-            known = await pg_events.known_ids(conn, firsts)
-            fresh = [index for event_id, index in firsts.items() if event_id not in known]
-            if not fresh:
-                return AppendResult(tuple(stored), {}, watermark)
-            watermark = max(now_ms, watermark + 1)
-            batch = await self._insert(conn, [events[i] for i in fresh], last_seq + 1, watermark)
-            await self._merge_deltas(conn, batch.deltas)
-            await conn.execute(_ADVANCE_COUNTER, last_seq + len(fresh), watermark)
+            last_seq, watermark, version, until = _counter(await conn.fetchrow(_LOCK_COUNTER))
+            if version != self._meters_version:  # another replica changed the built meters
+                await self._adopt(conn, version)
+            stamp = max(now_ms, watermark + 1)
+            fresh = list(firsts.values())
+            if not await pg_events.insert(conn, [events[i] for i in fresh], last_seq + 1, stamp):
+                known = await pg_events.known_ids(conn, firsts)
+                fresh = [index for event_id, index in firsts.items() if event_id not in known]
+                if not fresh:
+                    return AppendResult(tuple(stored), {}, watermark)
+                await pg_events.insert(conn, [events[i] for i in fresh], last_seq + 1, stamp)
+            new = [events[i] for i in fresh]
+            created = self._unknown_customers(new, stamp)
+            if created:
+                await pg_customers.insert_missing(conn, created)
+            batch = BatchFold(self._folded, self._bucket_ms)
+            for seq, e in enumerate(new, last_seq + 1):
+                batch.add(e.customer_id, e.event_name, e.timestamp_ms, seq, e.metadata)
+            await self._merge(conn, batch, until)
+            await conn.execute(_ADVANCE_COUNTER, last_seq + len(fresh), stamp)
+            await self._seal_passed_days(conn, stamp, until)
+        self._remember_customers(created)
         for index in fresh:
             stored[index] = True
-        return AppendResult(tuple(stored), dict(batch.skipped), watermark)
+        return AppendResult(tuple(stored), dict(batch.skipped), stamp)
 
-    async def _insert(
-        self, conn: Connection, events: list[UsageEvent], first_seq: int, ingested_at_ms: int
-    ) -> BatchFold:
-        """Insert new events (and their unknown customers); return their aggregate deltas."""
-        batch = BatchFold(self._meters.values(), self._bucket_ms)
-        # A new customer exists from its earliest event, so its first period covers it.
+    async def _seal_passed_days(self, conn: Connection, stamp_ms: int, until_ms: int) -> None:
+        """Seal the days that ended long enough before `stamp_ms` (pg_rollups.py)."""
+        sealed = pg_rollups.next_until(stamp_ms, until_ms, self._bucket_ms * ROLLUP_BUCKETS)
+        if sealed is not None:
+            kinds = {m.name: m.aggregation for m in self._folded}
+            await pg_rollups.seal(conn, kinds, self._bucket_ms, until_ms, sealed)
+
+    async def _adopt(self, conn: Connection, version: int) -> None:
+        """Learn which meters to fold from the stored state (pg_meters.adopt)."""
+        folded = await pg_meters.adopt(conn, self._meters.values(), self._bucket_ms)
+        self._folded = tuple(m for m in self._meters.values() if m.name in folded)
+        self._meters_version = version
+
+    def _unknown_customers(self, events: Sequence[UsageEvent], ingested_at_ms: int) -> dict[
+            str, int]:
+        """customer -> creation time of the events' customers not known to be stored: a new
+        customer exists from its earliest event, so its first period covers it."""
         created: dict[str, int] = {}
-        for seq, e in enumerate(events, first_seq):
-            created[e.customer_id] = min(created.get(e.customer_id, ingested_at_ms),
-                                         e.timestamp_ms)
-            batch.add(e.customer_id, e.event_name, e.timestamp_ms, seq, e.metadata)
-        await pg_events.insert(conn, events, first_seq, ingested_at_ms)
-        await pg_customers.insert_missing(conn, created)
-        return batch
+        known = self._known_customers
+        for e in events:
+            if e.customer_id not in known:
+                created[e.customer_id] = min(created.get(e.customer_id, ingested_at_ms),
+                                             e.timestamp_ms)
+        return created
+
+    def _remember_customers(self, committed: Mapping[str, int]) -> None:
+        """Customers are never removed from the table (DELETE marks them): once committed,
+        they need no insert again."""
+        if len(self._known_customers) + len(committed) > _KNOWN_CUSTOMERS_MAX:
+            self._known_customers.clear()
+        self._known_customers.update(committed)
 
     async def get_event(self, event_id: str) -> StoredEvent | None:
         """See `Store.get_event`."""
@@ -216,9 +236,9 @@ class PostgresStore:
         """See `Store.meter_aggregate`: rollup and bucket rows, plus the raw events of the
         partial buckets at unaligned edges, all read in one snapshot."""
         meter = self._meter(meter_name)
-        plan = plan_read(start_ms, end_ms, self._bucket_ms)
         total: Aggregate | None = None
         async with self._snapshot() as conn:
+            plan = await self._plan(conn, start_ms, end_ms)
             if plan.buckets is not None:
                 params = self._plan_params(plan)
                 for row in await conn.fetch(_CUSTOMER_AGGREGATES, meter.name, *params,
@@ -234,17 +254,24 @@ class PostgresStore:
     ) -> dict[str, Aggregate]:
         """See `Store.meter_quantities_by_customer`."""
         meter = self._meter(meter_name)
-        plan = plan_read(start_ms, end_ms, self._bucket_ms)
-        if plan.raw:
+        if plan_read(start_ms, end_ms, self._bucket_ms).raw:
             raise ValueError(f"[{start_ms}, {end_ms}) is not aligned to {self._bucket_ms} ms")
-        if plan.buckets is None:
-            return {}
+        async with self._snapshot() as conn:
+            plan = await self._plan(conn, start_ms, end_ms)
+            if plan.buckets is None:
+                return {}
+            rows = await conn.fetch(_ALL_CUSTOMER_AGGREGATES, meter.name,
+                                    *self._plan_params(plan))
         totals: dict[str, Aggregate] = {}
-        rows = await self._read(_ALL_CUSTOMER_AGGREGATES, meter.name, *self._plan_params(plan))
         for row in rows:
             agg = pg_aggregates.aggregate(row[1:])
             totals[row[0]] = merged(meter.aggregation, totals.get(row[0]), agg)
         return totals
+
+    async def _plan(self, conn: Connection, start_ms: int, end_ms: int) -> ReadPlan:
+        """How to read [start_ms, end_ms) in the snapshot of `conn` (rollups of sealed days)."""
+        until = int(await conn.fetchval(_ROLLUPS_UNTIL))
+        return pg_rollups.sealed_plan(plan_read(start_ms, end_ms, self._bucket_ms), until)
 
     def _plan_params(self, plan: ReadPlan) -> tuple[int, ...]:
         """$2..$7 of _PLANNED_ROWS."""
@@ -259,67 +286,64 @@ class PostgresStore:
         KeyError for an unknown meter name."""
         names = list(self._meters) if meters is None else meters
         for meter in [self._meter(name) for name in names]:
-            await self._rebuild(meter)
-
-    async def _rebuild(self, meter: Meter) -> None:
-        async with self._transaction() as conn:
-            await conn.execute(_LOCK_COUNTER)  # no append may touch the aggregates meanwhile
-            await conn.execute("DELETE FROM meter_aggregates WHERE meter = $1", meter.name)
-            after = 0
-            while rows := await conn.fetch(_REBUILD_SCAN, after, meter.event_name,
-                                           _REBUILD_BATCH):
-                batch = BatchFold((meter,), self._bucket_ms)
-                for seq, customer_id, ts_ms, metadata in rows:
-                    batch.add(customer_id, meter.event_name, ts_ms, seq, decode_metadata(metadata))
-                await self._merge_deltas(conn, batch.deltas)
-                after = rows[-1][0]
-            await conn.execute(_SAVE_METER_STATE, *self._built_with(meter), self._clock())
-
-    def _built_with(self, meter: Meter) -> tuple[str, str, int, int]:
-        """The meter_state row (less built_at) of aggregates built now."""
-        return (meter.name, meter.fingerprint(), self._bucket_ms,
-                self._bucket_ms * ROLLUP_BUCKETS)
-
-    async def _sync_meters(self, rebuild_all: bool) -> None:
-        """Rebuild the meters whose definition or bucket size changed since their aggregates
-        were built (and new ones; all with `rebuild_all`); forget the aggregates of meters no
-        longer configured."""
-        built = {row[0]: tuple(row) for row in await self._read(
-            "SELECT meter, fingerprint, bucket_ms, rollup_ms FROM meter_state"
-        )}
-        gone = [name for name in built if name not in self._meters]
-        if gone:
             async with self._transaction() as conn:
-                for table in ("meter_aggregates", "meter_state"):
-                    await conn.execute(f"DELETE FROM {table} WHERE meter = ANY($1::text[])", gone)
-            _log.info("dropped the aggregates of removed meters: %s", ", ".join(gone))
-        for meter in self._meters.values():
-            was = built.get(meter.name)
-            if rebuild_all or was != self._built_with(meter):
-                reason = ("rebuild requested" if rebuild_all else "new meter" if was is None
-                          else "definition or bucket size changed")
-                _log.info("rebuilding the aggregates of meter %s (%s)", meter.name, reason)
-                await self._rebuild(meter)
+                await self._rebuild(conn, meter)
 
-    async def _merge_deltas(
-        self, conn: Connection, deltas: Mapping[str, Mapping[tuple[str, int], Aggregate]]
-    ) -> None:
-        """Merge per-meter bucket deltas into the bucket and rollup rows: one read of every
-        touched row and one write, whatever the number of meters."""
-        per_key: dict[pg_aggregates.AggregateRowKey, Aggregate] = {
-            (meter_name, *key): delta
-            for meter_name, per_bucket in deltas.items()
-            for key, delta in with_rollups(
-                self._meters[meter_name].aggregation, per_bucket, self._bucket_ms
-            ).items()
-        }
-        if not per_key:
-            return
-        stored = await pg_aggregates.stored_rows(conn, per_key)
-        await pg_aggregates.write_rows(conn, {
-            key: merged(self._meters[key[0]].aggregation, stored.get(key), delta)
-            for key, delta in per_key.items()
-        }, stored)
+    async def _rebuild(self, conn: Connection, meter: Meter) -> None:
+        """Recompute the meter's aggregates inside the caller's transaction."""
+        # No append may touch the aggregates meanwhile, nor seal days.
+        until = _counter(await conn.fetchrow(_LOCK_COUNTER))[3]
+        await conn.execute("DELETE FROM meter_aggregates WHERE meter = $1", meter.name)
+        after = 0
+        while rows := await conn.fetch(_REBUILD_SCAN, after, meter.event_name, _REBUILD_BATCH):
+            batch = BatchFold((meter,), self._bucket_ms)
+            for seq, customer_id, ts_ms, metadata in rows:
+                batch.add(customer_id, meter.event_name, ts_ms, seq, decode_metadata(metadata))
+            await self._merge(conn, batch, until)
+            after = rows[-1][0]
+        await conn.execute(_SAVE_METER_STATE, *pg_meters.built_with(meter, self._bucket_ms),
+                           self._clock())
+        await conn.execute(pg_meters.BUMP_VERSION)
+
+    async def _sync_meters(self, conn: Connection, rebuild_all: bool) -> None:
+        """Build, keep or drop aggregates as the fleet meter policy says (pg_meters.py),
+        each meter in a transaction of its own on `conn`."""
+        sync = pg_meters.plan_sync(await pg_meters.stored_state(conn), self._meters.values(),
+                                   self._bucket_ms, rebuild_all)
+        if sync.drop:
+            async with conn.transaction():
+                await conn.execute(_LOCK_COUNTER)
+                for table in ("meter_aggregates", "meter_state"):
+                    await conn.execute(f"DELETE FROM {table} WHERE meter = ANY($1::text[])",
+                                       list(sync.drop))
+                await conn.execute(pg_meters.BUMP_VERSION)
+            _log.info("dropped the aggregates of meters no longer configured: %s",
+                      ", ".join(sync.drop))
+        if sync.foreign:
+            _log.warning("kept the aggregates of meters this replica does not configure (another "
+                         "replica may meter them; they miss this replica's events until "
+                         "`meterproxy rebuild`): %s", ", ".join(sync.foreign))
+        if sync.stale:
+            _log.error("the shared aggregates of meter(s) %s were built with another definition "
+                       "or bucket size: fleet mode does not rebuild them on its own; this replica "
+                       "stores their events without folding them and billing pauses until "
+                       "`meterproxy rebuild` runs with the configuration every replica runs",
+                       ", ".join(sync.stale))
+        for name in sync.build:
+            _log.info("rebuilding the aggregates of meter %s (%s)", name,
+                      "rebuild requested" if rebuild_all else "new meter")
+            async with conn.transaction():
+                await self._rebuild(conn, self._meters[name])
+
+    async def _merge(self, conn: Connection, batch: BatchFold, until_ms: int) -> None:
+        """Merge a batch's tallies into the bucket rows, and into the rollup rows of days
+        sealed before `until_ms`, server side, in one statement whatever the number of
+        meters."""
+        rows: list[pg_aggregates.DeltaRow] = []
+        for name, tallies in batch.tallies.items():
+            rows += pg_rollups.row_deltas(name, self._kinds[name], tallies, self._bucket_ms,
+                                          until_ms)
+        await pg_aggregates.merge_rows(conn, rows, self._kinds)
 
     def _meter(self, name: str) -> Meter:
         try:
@@ -345,9 +369,8 @@ class PostgresStore:
             return await pg_customers.page(conn, limit, offset)
 
     async def set_customer_plan(self, customer_id: str, plan: str | None, now_ms: int) -> Customer:
-        """See `Store.set_customer_plan`."""
-        async with self._transaction() as conn:
-            return await pg_customers.set_plan(conn, customer_id, plan, now_ms)
+        """See `Store.set_customer_plan`: the plan applies from now_ms (`assign_plan`)."""
+        return await self.assign_plan(customer_id, plan, now_ms, now_ms)
 
     async def add_key(
         self, customer_id: str, key_id: str, key_hash: bytes, prefix: str, now_ms: int
@@ -377,39 +400,11 @@ class PostgresStore:
         rows = await self._read("SELECT version FROM key_version")
         return int(rows[0][0])
 
-    # -------------------------------------------------------------- connections
-
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Connection]:
-        """A pooled connection; driver errors of the block as StoreError/StoreUnreachable."""
-        if self._pool is None:
-            raise StoreError("the store is not open")
-        with translated(self._where):
-            async with self._pool.acquire(timeout=self._connect_timeout_s) as conn:
-                yield conn
-
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Connection]:
-        """One read-committed write transaction, rolled back on any error."""
-        async with self._connection() as conn, conn.transaction():
-            yield conn
-
-    @asynccontextmanager
-    async def _snapshot(self) -> AsyncIterator[Connection]:
-        """Several reads that see one committed state of the database."""
-        async with self._connection() as conn, conn.transaction(
-            isolation="repeatable_read", readonly=True
-        ):
-            yield conn
-
-    async def _read(self, sql: str, *args: Any) -> list[Row]:
-        async with self._connection() as conn:
-            return await conn.fetch(sql, *args)
-
 
 # ------------------------------------------------------------------- helpers
 
 
-def _pair(row: Row | None) -> tuple[int, int]:
+def _counter(row: Row | None) -> tuple[int, int, int, int]:
+    """(last seq, watermark, meters version, rollups until) of the locked counter row."""
     assert row is not None  # the migration inserts the only row; nothing deletes it
-    return int(row[0]), int(row[1])
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3])

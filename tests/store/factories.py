@@ -8,10 +8,21 @@ from billing.events import Metadata, MetadataValue, Source, UsageEvent
 from billing.filters import Predicate
 from billing.meters import AggregationType, Meter
 from billing.store.base import ROLLUP_BUCKETS, Store
+from billing.store.pg_rollups import SEAL_LAG_MS
 from tests.store.backends import Backend
 
 BUCKET = 1_000
 DAY = BUCKET * ROLLUP_BUCKETS  # one rollup row
+
+
+def sealing(day: int) -> int:
+    """An append stamp by which the days before `day` * DAY are sealed: PostgreSQL keeps
+    rollup rows only for days that ended SEAL_LAG_MS before a stamp (pg_rollups.py); SQLite
+    keeps them for every day, whatever the stamp."""
+    return SEAL_LAG_MS + day * DAY
+
+
+SEALED = sealing(4)  # every test day sealed
 
 
 def event(

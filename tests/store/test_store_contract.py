@@ -24,7 +24,7 @@ from billing.events import MetadataValue, StoredEvent, UsageEvent
 from billing.meters import Aggregate, Meter, quantity
 from billing.store.base import ApiKey, Customer, DuplicateKey, Store, StoreError
 from tests.store.backends import ENGINES, Backend, make_backend
-from tests.store.factories import BUCKET, DAY, METERS, event, meter, opened
+from tests.store.factories import BUCKET, DAY, METERS, SEALED, event, meter, opened, sealing
 
 STORE_LOGGERS = ("billing.store.sqlite", "billing.store.postgres", "billing.store.pg_schema")
 
@@ -273,12 +273,13 @@ EDGE_TIMESTAMPS = (-1, 0, 499, 500, 999, 1000, 1500, 1999, 2000, 2499, 2500, 299
      (1500, 1500), (-1000, 4000), (2999, 3001), (2000, 1000), (0, 2 * DAY), (0, 2 * DAY + 1000),
      (1, 2 * DAY + 501), (DAY, 2 * DAY), (DAY - 1, 2 * DAY), (-DAY, 3 * DAY), (1000, 2 * DAY)],
 )
+@pytest.mark.parametrize("stamp", [1, SEALED])
 async def test_a_period_reads_exactly_the_events_inside_it(
-    store: Store, start: int, end: int
+    store: Store, start: int, end: int, stamp: int
 ) -> None:
     # Each event weighs a distinct power of two, so the sum names the exact set read.
     weight = {ts: 2**i for i, ts in enumerate(EDGE_TIMESTAMPS)}
-    await store.append([event(f"e{ts}", ts=ts, n=w) for ts, w in weight.items()], now_ms=1)
+    await store.append([event(f"e{ts}", ts=ts, n=w) for ts, w in weight.items()], now_ms=stamp)
     expected = sum(w for ts, w in weight.items() if start <= ts < end)
     agg = await store.meter_aggregate("tokens_sum", "c1", start, end)
     assert quantity("sum", agg) == expected
@@ -294,11 +295,13 @@ SPREAD = [("c1", 100), ("c1", 1100), ("c2", 1900), ("c2", 2100), ("c1", DAY - 1)
     [(1000, 3000), (0, 2 * DAY), (1000, 2 * DAY + 1000), (-DAY, 3 * DAY), (DAY, DAY),
      (5000, 6000), (DAY, 3 * DAY)],
 )
+@pytest.mark.parametrize("stamp", [1, SEALED])
 async def test_quantities_by_customer_read_rollups_and_buckets(
-    store: Store, start: int, end: int
+    store: Store, start: int, end: int, stamp: int
 ) -> None:
     await store.append(
-        [event(f"e{i}", customer, ts=ts, n=2**i) for i, (customer, ts) in enumerate(SPREAD)], 1
+        [event(f"e{i}", customer, ts=ts, n=2**i) for i, (customer, ts) in enumerate(SPREAD)],
+        stamp,
     )
     expected: Counter[str] = Counter()
     for i, (customer, ts) in enumerate(SPREAD):
@@ -311,7 +314,7 @@ async def test_quantities_by_customer_read_rollups_and_buckets(
 async def test_whole_rollups_are_read_instead_of_their_buckets(
     backend: Backend, location: str, store: Store
 ) -> None:
-    await store.append([event(f"e{h}", ts=h * BUCKET + 7, n=1) for h in range(3 * 24)], 1)
+    await store.append([event(f"e{h}", ts=h * BUCKET + 7, n=1) for h in range(3 * 24)], SEALED)
     await backend.execute(  # the bucket rows of day 1 vanish; its rollup row stays
         location, f"DELETE FROM meter_aggregates WHERE size_ms = {BUCKET}"
                   f" AND bucket_start_ms BETWEEN {DAY} AND {2 * DAY - 1}")
@@ -407,9 +410,11 @@ PERIODS = [(-2 * DAY, 3 * DAY), (-DAY, DAY), (-DAY - 1500, DAY + 2500), (0, BUCK
 
 
 async def store_batches(backend: Backend, location: str, batches: list[list[UsageEvent]]) -> Store:
+    """A store holding the batches, the i-th stamped so that the days before day i - 1 are
+    sealed: on PostgreSQL, later batches bring late events to sealed days."""
     store = await opened(backend, location)
     for i, batch in enumerate(batches):
-        await store.append(batch, now_ms=i)
+        await store.append(batch, now_ms=sealing(i - 1))
     return store
 
 
@@ -432,7 +437,7 @@ async def check_against_brute_force(
                     assert comparable(m, observed(m, agg)) == comparable(m, expected)
                     assert agg == await one.meter_aggregate(m.name, customer, start, end)
         before = await aggregate_rows(backend, where)
-        await store.append(flat, now_ms=10_000)  # every event again: nothing changes
+        await store.append(flat, now_ms=SEALED)  # every event again: nothing changes
         assert await aggregate_rows(backend, where) == before
         await store.rebuild_aggregates()
         assert await aggregate_rows(backend, where) == before
@@ -492,6 +497,8 @@ def test_count_sum_and_max_do_not_depend_on_event_order(
 
 
 # ------------------------------------------------------------------ rebuild
+# Opening with changed meters: a single SQLite instance rebuilds them; replicas on PostgreSQL
+# follow the fleet policy instead (tests/store/test_pg_fleet_meters.py).
 
 
 async def test_rebuild_equals_incremental(backend: Backend, location: str, store: Store) -> None:
@@ -511,6 +518,7 @@ async def test_rebuild_equals_incremental(backend: Backend, location: str, store
         await store.rebuild_aggregates(["nope"])
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # pg_meters.py: fleet policy
 async def test_a_changed_meter_is_rebuilt_on_open_and_only_it(
     backend: Backend, location: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -553,6 +561,7 @@ async def test_opening_with_rebuild_all_rebuilds_every_meter_once(
     assert await aggregate_rows(backend, location) == before
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # pg_meters.py: fleet policy
 async def test_a_removed_meter_that_returns_is_rebuilt(backend: Backend, location: str) -> None:
     calls, tokens = meter("calls", "api.call", "count"), meter("tokens", "tokens", "sum", "n")
     first = await opened(backend, location, (calls, tokens))
@@ -570,6 +579,7 @@ async def test_a_removed_meter_that_returns_is_rebuilt(backend: Backend, locatio
         await back.close()
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # pg_meters.py: fleet policy
 async def test_a_new_bucket_size_rebuilds_every_meter(backend: Backend, location: str) -> None:
     first = await opened(backend, location)
     await first.append([event("a", ts=500, n=1), event("b", ts=1500, n=2)], now_ms=1)
