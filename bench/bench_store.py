@@ -1,11 +1,16 @@
 """Benchmark of the SQLite event store (a script, not a test).
 
 Prints:
-- append throughput: events/s for 1,000-event batches of proxy-like events (two meters
-  match each event) from 1,000 customers into a fresh file, synchronous=FULL as in
-  production; once as a live stream (timestamps within seconds, so the customers' current
-  aggregate rows are updated in place) and once as a month of backfill (almost every event
-  opens a new bucket row: the worst case);
+- append throughput and cost: events/s and the process's CPU time per event (every thread:
+  the event loop's and SQLite's writer thread, all of which a proxy pays on its core) for
+  1,000-event batches of proxy-like events (two meters match each event) from 1,000
+  customers into a fresh file, synchronous=FULL as in production; once as a live stream
+  (timestamps within seconds, so the customers' current aggregate rows are updated in place)
+  and once as a month of backfill (almost every event opens a new bucket row: the worst
+  case);
+- the same for proxy flushes: the two events the reference rules emit per proxied request
+  (api.call and bandwidth, one meter each), 10,000 customers, in flushes of 260 events (what
+  50 ms of flush_interval hold at 2,600 requests/s);
 - read latency: `meter_aggregate` for one customer over a calendar month once the month
   holds 1M events across 1,000 customers, for a bucket-aligned period (aggregates only)
   and an unaligned one (partial buckets at both edges read from raw events).
@@ -32,6 +37,8 @@ from billing.meters import Meter
 from billing.store.sqlite import SqliteStore
 
 BATCH = 1_000
+PROXY_FLUSH = 260
+PROXY_CUSTOMERS = 10_000
 MONTH_START = int(datetime(2025, 3, 1, tzinfo=UTC).timestamp() * 1000)
 MONTH_END = int(datetime(2025, 4, 1, tzinfo=UTC).timestamp() * 1000)
 ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/images/generations", "/v1/models")
@@ -41,6 +48,12 @@ METERS = (
     Meter(name="api_calls", event_name="api.call", aggregation="count", key=None,
           filter=None, measurement_unit="calls"),
     Meter(name="egress_bytes", event_name="api.call", aggregation="sum", key="bytes",
+          filter=None, measurement_unit="bytes"),
+)
+# The reference's: api.call events are counted, bandwidth events summed.
+PROXY_METERS = (
+    METERS[0],
+    Meter(name="egress_bytes", event_name="bandwidth", aggregation="sum", key="bytes",
           filter=None, measurement_unit="bytes"),
 )
 
@@ -65,15 +78,32 @@ def batches(
     return [events[i:i + BATCH] for i in range(0, total, BATCH)]
 
 
+def proxy_flushes(requests: int, rng: random.Random) -> list[list[UsageEvent]]:
+    """The events of `requests` proxied requests (api.call, then bandwidth), as the reference
+    rules emit them, live (a millisecond apart), in flushes of PROXY_FLUSH events."""
+    events = []
+    for i in range(requests):
+        customer = f"cus_{rng.randrange(PROXY_CUSTOMERS):05d}"
+        ts = MONTH_START + i
+        events.append(UsageEvent(
+            new_proxy_event_id(), customer, "api.call", ts,
+            {"method": "GET", "endpoint": rng.choice(ENDPOINTS), "status": 200,
+             "response_time_ms": rng.randrange(5, 3000)}, "proxy"))
+        events.append(UsageEvent(new_proxy_event_id(), customer, "bandwidth", ts,
+                                 {"bytes": rng.randrange(200, 90_000)}, "proxy"))
+    return [events[i:i + PROXY_FLUSH] for i in range(0, len(events), PROXY_FLUSH)]
+
+
 async def append_all(store: SqliteStore, work: list[list[UsageEvent]], label: str) -> None:
-    """Append every batch, one transaction each, and print the rate."""
-    started = time.perf_counter()
+    """Append every batch, one transaction each, and print the rate and the CPU per event."""
+    started, cpu_started = time.perf_counter(), time.process_time()
     for batch in work:
         await store.append(batch, batch[-1].timestamp_ms)
     seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     total = sum(len(batch) for batch in work)
-    print(f"append, {label}: {total:,} events in batches of {BATCH:,}: "
-          f"{total / seconds:,.0f} events/s")
+    print(f"append, {label}: {total:,} events in batches of {len(work[0]):,}: "
+          f"{total / seconds:,.0f} events/s, {cpu / total * 1e6:.1f} us CPU/event")
 
 
 async def latencies_ms(
@@ -103,6 +133,12 @@ async def main(events: int, customers: int, tz: ZoneInfo) -> None:
             await append_all(live, batches(events // 10, customers, 2_000, rng), "live stream")
         finally:
             await live.close()
+        proxy = SqliteStore(str(Path(tmp) / "proxy.db"), PROXY_METERS, size)
+        await proxy.open()
+        try:
+            await append_all(proxy, proxy_flushes(events // 20, rng), "proxy flushes")
+        finally:
+            await proxy.close()
         store = SqliteStore(str(Path(tmp) / "month.db"), METERS, size)
         await store.open()
         try:

@@ -50,6 +50,7 @@ from billing.store.sqlite_write import EVENT_COLUMNS, INSERT_CUSTOMER
 
 _log = logging.getLogger(__name__)
 
+_KNOWN_CUSTOMERS = 50_000
 _CUSTOMER_COLUMNS = "id, created_at_ms, plan, deleted_at_ms"
 _AGGREGATE_COLUMNS = "count, value, last_ts_ms, last_seq"
 # Rows of a ReadPlan: rollups within [rollup start, rollup end), buckets elsewhere in range.
@@ -91,6 +92,9 @@ class SqliteStore(SqliteLedger):
         self._meters = {meter.name: meter for meter in meters}
         self._bucket_ms = bucket_ms
         self._clock = clock
+        # Customers stored by earlier appends (none is ever deleted): an append inserts only
+        # the others. Bounded: forgotten wholesale at _KNOWN_CUSTOMERS.
+        self._known_customers: set[str] = set()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -120,7 +124,14 @@ class SqliteStore(SqliteLedger):
         """See `Store.append`: one transaction, run whole on the writer's thread
         (billing/store/sqlite_write.py). Raises StoreError (nothing stored) when it fails."""
         batch = BatchFold(self._meters.values(), self._bucket_ms)
-        return await self._write(sqlite_write.append, batch, events, now_ms)
+        result, customers = await self._write(
+            sqlite_write.append, batch, events, now_ms, self._known_customers
+        )
+        # Only once committed: a customer of a failed append may not be stored.
+        if len(self._known_customers) + len(customers) > _KNOWN_CUSTOMERS:
+            self._known_customers.clear()
+        self._known_customers.update(customers)
+        return result
 
     async def get_event(self, event_id: str) -> StoredEvent | None:
         """See `Store.get_event`."""

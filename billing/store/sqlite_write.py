@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from decimal import Decimal
 
 from billing.events import UsageEvent
@@ -86,9 +87,11 @@ def _exact_max(a: str, b: str) -> str:
 
 
 def append(
-    conn: sqlite3.Connection, batch: BatchFold, events: Sequence[UsageEvent], now_ms: int
-) -> AppendResult:
-    """`Store.append` inside the caller's transaction; `batch` (empty) collects the deltas."""
+    conn: sqlite3.Connection, batch: BatchFold, events: Sequence[UsageEvent], now_ms: int,
+    known_customers: AbstractSet[str],
+) -> tuple[AppendResult, list[str]]:
+    """`Store.append` inside the caller's transaction, and the customers of the events stored;
+    `batch` (empty) collects the deltas. `known_customers` are stored already: not inserted."""
     firsts: dict[str, int] = {}
     for index, event in enumerate(events):
         firsts.setdefault(event.event_id, index)  # the first of a batch's duplicates wins
@@ -97,19 +100,21 @@ def append(
     fresh = [index for event_id, index in firsts.items() if event_id not in known]
     watermark = _scalar(conn, "SELECT MAX(ingested_at_ms) FROM events")
     if not fresh:
-        return AppendResult(tuple(stored), {}, watermark)
+        return AppendResult(tuple(stored), {}, watermark), []
     watermark = max(now_ms, watermark + 1)
-    _insert(conn, batch, [events[i] for i in fresh], watermark)
+    customers = _insert(conn, batch, [events[i] for i in fresh], watermark, known_customers)
     merge(conn, batch)
     for index in fresh:
         stored[index] = True
-    return AppendResult(tuple(stored), dict(batch.skipped), watermark)
+    return AppendResult(tuple(stored), dict(batch.skipped), watermark), customers
 
 
 def _insert(
-    conn: sqlite3.Connection, batch: BatchFold, events: list[UsageEvent], ingested_at_ms: int
-) -> None:
-    """Insert new events (and their unknown customers), folding them into `batch`."""
+    conn: sqlite3.Connection, batch: BatchFold, events: list[UsageEvent], ingested_at_ms: int,
+    known_customers: AbstractSet[str],
+) -> list[str]:
+    """Insert new events (and their customers but the known ones), folding them into `batch`;
+    the events' customers."""
     first_seq = _scalar(conn, "SELECT MAX(seq) FROM events") + 1
     add = batch.add
     rows = []
@@ -122,7 +127,9 @@ def _insert(
         created[customer_id] = min(created.get(customer_id, ingested_at_ms), ts_ms)
         add(customer_id, e.event_name, ts_ms, seq, e.metadata)
     conn.executemany(_INSERT_EVENT, rows)
-    conn.executemany(INSERT_CUSTOMER, created.items())
+    conn.executemany(INSERT_CUSTOMER, [(customer_id, first) for customer_id, first
+                                       in created.items() if customer_id not in known_customers])
+    return list(created)
 
 
 def merge(conn: sqlite3.Connection, batch: BatchFold) -> None:
