@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    setup_logging(getattr(args, "log_format", "text"))
+    if args.command != "check":  # check prints its findings; it has nothing to log
+        setup_logging(getattr(args, "log_format", "text"))
     try:
         config = load_config(args.config)
     except ConfigError as exc:
