@@ -3,6 +3,12 @@
 `MeterProxy.start()` opens everything in dependency order; `stop()` undoes it in
 reverse: readiness off, listeners closed, in-flight exchanges finished (bounded by
 `proxy.shutdown_timeout`), every pending event flushed, the store closed.
+
+Fleet mode (`storage.url`): the writer appends through a `SpoolingAppender`, which keeps
+events in the local spool file (`storage.path`) while PostgreSQL is unreachable and forwards
+them when it returns. A replica that starts while PostgreSQL is down proxies at once, its
+events spooled, and opens PostgreSQL in the background with capped exponential backoff;
+billing, API keys and the admin API's store reads (503 until then) wait for it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,10 @@ from billing.cycles import bucket_ms
 from billing.engine import StatementEngine
 from billing.events import now_ms
 from billing.scheduler import Scheduler
+from billing.store.base import StoreError
+from billing.store.pg_connection import StoreUnreachable
+from billing.store.postgres import PostgresStore
+from billing.store.spool import Spool, SpoolingAppender
 from billing.store.sqlite import SqliteStore
 from billing.writer import EventWriter
 from proxy.admin.routes import build_admin_app, build_metrics_app
@@ -37,6 +47,8 @@ from rules.identify import KeyRing
 log = logging.getLogger("meterproxy")
 
 KEY_POLL_SECONDS = 1.0
+STORE_RETRY_FIRST_S = 1.0  # fleet mode started while PostgreSQL is down: first retry
+STORE_RETRY_MAX_S = 30.0
 
 
 class MeterProxy:
@@ -63,15 +75,22 @@ class MeterProxy:
             self.store, config.plans, config.billing, [m.name for m in config.meters], clock=clock
         )
         self.scheduler = Scheduler(self.engine, clock=clock)
+        observer = MetricsObserver(self.metrics)
+        # Fleet mode: the outage spool, in the file a single instance would store events in.
+        self.spool = Spool(config.storage.path) if config.storage.url else None
+        self.appender = None if self.spool is None else SpoolingAppender(
+            self.store, self.spool, clock=clock, observer=observer, primary_open=False
+        )
         self.writer = EventWriter(
-            self.store,
+            self.appender or self.store,
             flush_interval_ms=config.storage.flush_interval_ms,
             max_pending=config.storage.max_pending,
             on_full=config.storage.on_full,
-            observer=MetricsObserver(self.metrics),
+            observer=observer,
             clock=clock,
         )
         self.metrics.store_pending.set_function(lambda: self.writer.pending)
+        self.metrics.store_spooled.set_function(lambda: self.spooled)
         self.usage_metrics = UsageCollector(
             self.engine,
             [m.name for m in config.meters],
@@ -92,12 +111,12 @@ class MeterProxy:
     # ------------------------------------------------------------------ start
 
     async def start(self) -> None:
-        await self.store.open()
-        await self.engine.open()
+        if self.appender is None:
+            await self.store.open()
+            await self._store_opened()
+        else:
+            await self._open_fleet_store()
         self._spawn(self.writer.run(), "event-writer")
-        self._spawn(self.scheduler.run(), "billing-scheduler")
-        await self.reload_keys()
-        self._spawn(self._poll_keys(), "key-refresher")
         self._session = _upstream_session(self.config)
         self.forwarder = Forwarder(self._proxy_state(self.config))
         proxy = self.config.proxy
@@ -116,6 +135,46 @@ class MeterProxy:
                 self.config.metrics.listen,
             )
         self.ready = True
+
+    async def _store_opened(self) -> None:
+        """Start what needs the open store: billing, the API keys, the spool's forwarding."""
+        await self.engine.open()
+        await self.reload_keys()
+        self._spawn(self.scheduler.run(), "billing-scheduler")
+        self._spawn(self._poll_keys(), "key-refresher")
+        if self.appender is not None:
+            self.appender.primary_opened()
+
+    async def _open_fleet_store(self) -> None:
+        """Open the spool and PostgreSQL; while PostgreSQL is unreachable, go on with the
+        spool alone and keep trying in the background."""
+        assert self.spool is not None and self.appender is not None
+        await self.spool.open()
+        self._spawn(self.appender.run(), "spool-forwarder")
+        try:
+            await self.store.open()
+        except StoreUnreachable as exc:
+            log.warning("PostgreSQL is unreachable (%s): proxying with events spooled in %s;"
+                        " opening it in the background", exc, self.config.storage.path)
+            self._spawn(self._open_store_later(), "store-opener")
+            return
+        await self._store_opened()
+
+    async def _open_store_later(self) -> None:
+        """Retry opening the store with capped exponential backoff until it opens."""
+        delay = STORE_RETRY_FIRST_S
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.store.open()
+                await self._store_opened()
+            except StoreError as exc:
+                await self.store.close()
+                delay = min(delay * 2, STORE_RETRY_MAX_S)
+                log.warning("opening the store failed (%s); retrying in %.0f s", exc, delay)
+            else:
+                log.info("the store is open: billing, API keys and spool forwarding started")
+                return
 
     def _proxy_state(self, config: Config) -> ProxyState:
         assert self._session is not None
@@ -230,17 +289,27 @@ class MeterProxy:
         if self._session is not None:
             await self._session.close()
         await self.store.close()
+        if self.spool is not None:
+            await self.spool.close()
+
+    @property
+    def spooled(self) -> int:
+        """Events waiting in the outage spool (fleet mode; always 0 otherwise)."""
+        return 0 if self.appender is None else self.appender.spooled
 
     def port(self, name: str) -> int:
         return self.addresses[name][1]
 
 
-def store_for(config: Config, clock: Callable[[], int] = now_ms) -> SqliteStore:
-    """The configured store, not opened yet: its aggregate buckets fit every plan's periods."""
-    cycles = [p.cycle for p in config.plans]
-    return SqliteStore(
-        config.storage.path, config.meters, bucket_ms(cycles, config.billing.timezone), clock=clock
-    )
+def store_for(
+    config: Config, clock: Callable[[], int] = now_ms
+) -> SqliteStore | PostgresStore:
+    """The configured store, not opened yet: PostgreSQL when `storage.url` is set, else the
+    SQLite file; its aggregate buckets fit every plan's periods."""
+    size = bucket_ms([p.cycle for p in config.plans], config.billing.timezone)
+    if config.storage.url:
+        return PostgresStore(config.storage.url, config.meters, size, clock=clock)
+    return SqliteStore(config.storage.path, config.meters, size, clock=clock)
 
 
 def _fingerprints(config: Config) -> list[str]:

@@ -12,6 +12,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from billing.settings import ConfigError
+from billing.store.base import StoreError
 from proxy.config import Config, load_config
 from proxy.logs import setup_logging
 from proxy.version import __version__
@@ -83,9 +84,6 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 async def _serve(config: Config) -> int:
     from proxy.app import MeterProxy  # imported here: `check` must not need the runtime
 
-    if config.storage.url:
-        log.error("storage.url (fleet mode on PostgreSQL) is not available in this version")
-        return 1
     mp = MeterProxy(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -94,7 +92,7 @@ async def _serve(config: Config) -> int:
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(mp))
     try:
         await mp.start()
-    except OSError as exc:
+    except (OSError, StoreError) as exc:
         log.error("cannot start: %s", exc)
         await mp.stop()
         return 1

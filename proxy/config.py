@@ -18,6 +18,7 @@ from yarl import URL
 from billing.meters import Meter, parse_meters
 from billing.plans import BillingSettings, Plan, parse_billing, parse_plans
 from billing.settings import ConfigError, Problem, Problems, Section
+from billing.store.pg_url import check_url
 from billing.writer import OnFull
 from proxy.yamlfile import line_for, parse_yaml
 from rules.identify import CustomersConfig
@@ -296,8 +297,11 @@ def _parse_storage(s: Section) -> StorageSettings:
         max_pending=s.integer("max_pending", 100_000, minimum=1),
     )
     s.done()
-    if settings.url and not settings.url.startswith(("postgresql://", "postgres://")):
-        s.fail("url", "expected a postgresql:// URL")
+    if settings.url:
+        try:
+            check_url(settings.url)
+        except ValueError as exc:
+            s.fail("url", str(exc))
     if settings.flush_interval_ms <= 0:
         s.fail("flush_interval", "must be more than 0ms")
     return settings

@@ -124,6 +124,12 @@ class Metrics:
             "Events accepted but not yet written to the store",
             registry=r,
         )
+        self.store_spooled = Gauge(
+            "meterproxy_store_spooled_events",
+            "Events kept in the local spool while PostgreSQL is unreachable (fleet mode), "
+            "waiting to be forwarded",
+            registry=r,
+        )
         self.store_flush = Histogram(
             "meterproxy_store_flush_seconds",
             "Seconds one group commit of events took",

@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]
 
 from billing.store.base import StoreError
+from billing.store.pg_url import redact
 
 Row = Sequence[Any]  # an asyncpg Record: indexable by position, iterable
 
@@ -90,18 +90,6 @@ async def create_pool(
     return pool
 
 
-def check_url(url: str) -> None:
-    """Raises ValueError unless `url` is a postgresql:// (or postgres://) URL with a valid
-    port, so that a bad setting fails at load, not at the first connection."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise ValueError(f"{redact(url)}: not a postgresql:// URL")
-    try:
-        parts.port  # noqa: B018 (urllib checks the port when it is read)
-    except ValueError as exc:
-        raise ValueError(f"{redact(url)}: {exc}") from None
-
-
 # Errors that mean "the server is not there (any more)", not "the server said no".
 _UNREACHABLE = (
     OSError,  # refused, reset, unreachable host; TimeoutError (connect, acquire) is one too
@@ -137,15 +125,6 @@ def translated(where: str) -> Iterator[None]:
 
 def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__  # a bare TimeoutError has no message
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    if ":" not in userinfo:
-        return url
-    return urlunsplit(parts._replace(netloc=userinfo.split(":", 1)[0] + at + host))
 
 
 class PostgresDatabase:

@@ -38,9 +38,10 @@ from billing.store.base import (
     merged,
     plan_read,
 )
-from billing.store.pg_connection import Connection, Row, check_url
+from billing.store.pg_connection import Connection, Row
 from billing.store.pg_ledger import PostgresLedger
 from billing.store.pg_schema import migrate, schema_lock
+from billing.store.pg_url import check_url
 
 _log = logging.getLogger(__name__)
 

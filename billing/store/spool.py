@@ -2,15 +2,18 @@
 
 `SpoolingAppender` is the event writer's `Appender` in front of the PostgreSQL store. While
 its spool is empty an append goes straight to the store. When the store is unreachable
-(`StoreUnreachable`), the batch goes to the spool instead, durably, and the writer carries on
-as if it had been stored, so the replica keeps proxying; from then on every append goes to
-the spool too, so that no event overtakes an older one. `run()`, a loop its owner keeps as a
-task, forwards the spool to the store oldest first, in batches; a batch leaves the spool only
-after the store committed it. A batch whose commit was in flight when the connection broke
-is forwarded again, which event ids make harmless: nothing is lost, nothing counted twice.
+(`StoreUnreachable`), or not opened yet (a replica that started while PostgreSQL was down),
+the batch goes to the spool instead, durably, and the writer carries on as if it had been
+stored, so the replica keeps proxying; from then on every append goes to the spool too, so
+that no event overtakes an older one. `run()`, a loop its owner keeps as a task, forwards the
+spool to the store oldest first, in batches, once the store is open; a batch leaves the spool
+only after the store committed it. A batch whose commit was in flight when the connection
+broke is forwarded again, which event ids make harmless: nothing is lost, nothing counted
+twice.
 
-A spooled append reports each event the spool had not seen as stored (PostgreSQL may still
-find it a duplicate when it arrives), the store's last known watermark, and no skipped counts.
+A spooled append reports each event the spool had not seen as stored, the store's last known
+watermark, and no skipped counts: what only PostgreSQL can tell is reported to the observer
+when the batch is forwarded (events it already held as duplicates, events a meter skipped).
 Any other StoreError of the store propagates (the writer retries the batch itself).
 """
 
@@ -20,6 +23,7 @@ import asyncio
 import json
 import logging
 import sqlite3
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import cast
@@ -29,7 +33,7 @@ import aiosqlite
 from billing.events import Source, UsageEvent, now_ms
 from billing.store.base import AppendResult, StoreError, decode_metadata, encode_metadata
 from billing.store.pg_connection import StoreUnreachable
-from billing.writer import Appender
+from billing.writer import Appender, WriterObserver
 
 _log = logging.getLogger(__name__)
 
@@ -175,7 +179,9 @@ def _event(row: Sequence[object]) -> UsageEvent:
 class SpoolingAppender:
     """The writer's Appender: `primary` while it is reachable, `spool` while it is not; see
     the module docstring. Forwarded batches hold at most `batch_size` events and are stamped
-    with `clock()`; after a failed forward, `run` tries again `retry_s` later."""
+    with `clock()`; after a failed forward, `run` tries again `retry_s` later. `observer`
+    hears the outcomes only a forward learns. With `primary_open` False, everything is
+    spooled until `primary_opened()`."""
 
     def __init__(
         self,
@@ -185,14 +191,18 @@ class SpoolingAppender:
         clock: Callable[[], int] = now_ms,
         batch_size: int = 1000,
         retry_s: float = 1.0,
+        observer: WriterObserver | None = None,
+        primary_open: bool = True,
     ) -> None:
         self._primary = primary
         self._spool = spool
         self._clock = clock
         self._batch_size = batch_size
         self._retry_s = retry_s
+        self._observer = observer
+        self._open = primary_open
         self._lock = asyncio.Lock()  # one append or forwarded batch at a time: keeps order
-        self._waiting = asyncio.Event()  # the spool holds events
+        self._waiting = asyncio.Event()  # the primary is open and the spool holds events
         self._watermark = 0  # the primary's, as of its last commit seen here
 
     @property
@@ -200,11 +210,18 @@ class SpoolingAppender:
         """Events in the spool, waiting for the primary store."""
         return self._spool.size
 
+    def primary_opened(self) -> None:
+        """The primary store is open: appends may go to it, the spool may be forwarded."""
+        self._open = True
+        if self.spooled:
+            self._waiting.set()
+
     async def append(self, events: Sequence[UsageEvent], now_ms: int) -> AppendResult:
-        """The primary's append while nothing is spooled; else (or when the primary turns
-        out unreachable) a durable spooling. Raises StoreError when neither can store them."""
+        """The primary's append while it is open and nothing is spooled; else (or when the
+        primary turns out unreachable) a durable spooling. Raises StoreError when neither
+        can store them."""
         async with self._lock:
-            if not self._spool.size:
+            if self._open and not self._spool.size:
                 try:
                     result = await self._primary.append(events, now_ms)
                 except StoreUnreachable as exc:
@@ -213,7 +230,8 @@ class SpoolingAppender:
                     self._watermark = result.watermark
                     return result
             stored = await self._spool.add(events)
-            self._waiting.set()
+            if self._open:
+                self._waiting.set()
         return AppendResult(stored, {}, self._watermark)
 
     async def forward(self) -> int:
@@ -230,19 +248,36 @@ class SpoolingAppender:
                 if not batch:
                     self._waiting.clear()
                     return forwarded
+                events = [e for _, e in batch]
                 try:
-                    result = await self._primary.append([e for _, e in batch], self._clock())
+                    result = await self._primary.append(events, self._clock())
                 except StoreUnreachable:
                     return forwarded
                 self._watermark = result.watermark
                 await self._spool.remove_through(batch[-1][0])
+            self._report(events, result)
             forwarded += len(batch)
 
+    def _report(self, events: Sequence[UsageEvent], result: AppendResult) -> None:
+        """Tell the observer what the spooling could not know: events the primary held
+        already (counted as stored when spooled, and now once as duplicate) and events a
+        meter skipped."""
+        if self._observer is None:
+            return
+        duplicates: Counter[tuple[str, str, str]] = Counter(
+            (e.event_name, e.source, "duplicate")
+            for e, stored in zip(events, result.stored, strict=True) if not stored
+        )
+        if duplicates:
+            self._observer.on_stored(duplicates)
+        for (meter, reason), n in result.skipped.items():
+            self._observer.on_skipped(meter, reason, n)
+
     async def run(self) -> None:
-        """Forward the spool whenever it holds events, retrying every `retry_s` while the
-        primary is away; runs until cancelled."""
+        """Forward the spool whenever the primary is open and the spool holds events,
+        retrying every `retry_s` while the primary is away; runs until cancelled."""
         while True:
-            if not self.spooled:
+            if not (self._open and self.spooled):
                 await self._waiting.wait()
             try:
                 forwarded = await self.forward()

@@ -15,7 +15,8 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from billing.store.base import AppendResult, Store, StoreError
-from billing.store.pg_connection import StoreUnreachable, redact
+from billing.store.pg_connection import StoreUnreachable
+from billing.store.pg_url import redact
 from billing.store.postgres import PostgresStore
 from tests.store.backends import PostgresBackend
 from tests.store.factories import BUCKET, METERS, event, opened

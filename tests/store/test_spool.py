@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
 
@@ -224,3 +224,59 @@ async def test_the_writer_stays_healthy_and_durable_while_postgresql_is_down(
             await loop
         await replica.drained()
         await check_stored_once_in_order(replica.store, work)
+
+
+class Heard:
+    """A writer observer that keeps what it hears of forwards."""
+
+    def __init__(self) -> None:
+        self.outcomes: Counter[tuple[str, str, str]] = Counter()
+        self.skipped: Counter[tuple[str, str]] = Counter()
+
+    def on_flush(self, events_count: int, duration_s: float) -> None:
+        raise AssertionError("a forward is not a flush")
+
+    def on_flush_error(self, exc: Exception) -> None:
+        raise AssertionError("a forward is not a flush")
+
+    def on_stored(self, counts: Mapping[tuple[str, str, str], int]) -> None:
+        self.outcomes.update(counts)
+
+    def on_skipped(self, meter: str, reason: str, n: int) -> None:
+        self.skipped[(meter, reason)] += n
+
+
+async def test_a_store_not_open_yet_spools_and_a_forward_reports_what_only_it_learns(
+    tmp_path: Path
+) -> None:
+    """A replica started while PostgreSQL was down spools from the start; once the store is
+    open, the forward tells the observer of the events PostgreSQL already held (another
+    replica stored them) and of the events a meter skipped."""
+    backend = PostgresBackend()
+    url = await backend.location()
+    store = PostgresStore(url, METERS, BUCKET)
+    spool = Spool(str(tmp_path / "spool.db"))
+    heard = Heard()
+    appender = SpoolingAppender(store, spool, observer=heard, primary_open=False, retry_s=0.01)
+    await spool.open()
+    forwarder = asyncio.ensure_future(appender.run())
+    try:
+        result = await appender.append([event("a", n=1), event("b"), event("c", n=3)], 10)
+        assert result.stored == (True, True, True) and appender.spooled == 3
+        await store.open()  # meanwhile another replica stored "a"
+        assert (await store.append([event("a", n=1)], 20)).stored == (True,)
+        appender.primary_opened()
+        async with asyncio.timeout(30):
+            while appender.spooled:  # noqa: ASYNC110 (the spool announces nothing)
+                await asyncio.sleep(0.01)
+        assert heard.outcomes == {("tokens", "api", "duplicate"): 1}
+        assert heard.skipped == {(m, "missing"): 1 for m in ("tokens_sum", "tokens_max",
+                                                             "tokens_last")}
+        assert [e.event.event_id for e in await store.list_events(limit=10)] == ["c", "b", "a"]
+    finally:
+        forwarder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await forwarder
+        await spool.close()
+        await store.close()
+        await backend.dispose()
