@@ -7,8 +7,9 @@ reverse: readiness off, listeners closed, in-flight exchanges finished (bounded 
 Fleet mode (`storage.url`): the writer appends through a `SpoolingAppender`, which keeps
 events in the local spool file (`storage.path`) while PostgreSQL is unreachable and forwards
 them when it returns. A replica that starts while PostgreSQL is down proxies at once, its
-events spooled, and opens PostgreSQL in the background with capped exponential backoff;
-billing, API keys and the admin API's store reads (503 until then) wait for it.
+events spooled and its API keys those it last read (kept in the same file), and opens
+PostgreSQL in the background with capped exponential backoff; billing, key changes and the
+admin API's store reads (503 until then) wait for it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from billing.engine import StatementEngine
 from billing.events import now_ms
 from billing.scheduler import Scheduler
 from billing.store.base import StoreError
+from billing.store.key_cache import KeyCache
 from billing.store.pg_connection import StoreUnreachable
 from billing.store.postgres import PostgresStore
 from billing.store.spool import Spool, SpoolingAppender
@@ -78,6 +80,7 @@ class MeterProxy:
         observer = MetricsObserver(self.metrics)
         # Fleet mode: the outage spool, in the file a single instance would store events in.
         self.spool = Spool(config.storage.path) if config.storage.url else None
+        self.key_cache = KeyCache(config.storage.path) if config.storage.url else None
         self.appender = None if self.spool is None else SpoolingAppender(
             self.store, self.spool, clock=clock, observer=observer, primary_open=False
         )
@@ -154,8 +157,11 @@ class MeterProxy:
         try:
             await self.store.open()
         except StoreUnreachable as exc:
-            log.warning("PostgreSQL is unreachable (%s): proxying with events spooled in %s;"
-                        " opening it in the background", exc, self.config.storage.path)
+            log.warning("PostgreSQL is unreachable (%s): proxying with events spooled in %s"
+                        " and the API keys last read; opening it in the background", exc,
+                        self.config.storage.path)
+            assert self.key_cache is not None
+            self.key_source.ring = KeyRing(await self.key_cache.load())
             self._spawn(self._open_store_later(), "store-opener")
             return
         await self._store_opened()
@@ -257,7 +263,10 @@ class MeterProxy:
     async def reload_keys(self) -> None:
         """Load the active keys into a new ring; the proxy sees it at its next request."""
         self._keys_version = await self.store.keys_version()
-        self.key_source.ring = KeyRing(await self.store.active_key_hashes())
+        hashes = await self.store.active_key_hashes()
+        self.key_source.ring = KeyRing(hashes)
+        if self.key_cache is not None:  # for a restart while PostgreSQL is away
+            await self.key_cache.save(hashes)
 
     async def _poll_keys(self) -> None:
         while True:

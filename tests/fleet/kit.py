@@ -18,10 +18,10 @@ PASSWORD_VAR = "METERPROXY_FLEET_TEST_PGPASSWORD"  # trust auth ignores it; ${en
 
 
 def fleet_config(directory: Path, upstream: str, database_url: str,
-                 durability: str = "batched") -> Path:
+                 durability: str = "batched", cycle: str = "2s") -> Path:
     """A replica's configuration file in `directory` (created; its spool file is there too):
-    storage.url is `database_url` with the password taken from ${env.PASSWORD_VAR}; a 2 s
-    billing cycle with a 1 s grace; meters api_calls (count of api.call, one per proxied
+    storage.url is `database_url` with the password taken from ${env.PASSWORD_VAR}; billing
+    periods of `cycle` with a 1 s grace; meters api_calls (count of api.call, one per proxied
     request) and units (sum of job.done's units, ingested)."""
     directory.mkdir()
     path = write_config(directory, upstream, rules=RULES, proxy_extra=f"durability: {durability}")
@@ -30,7 +30,7 @@ def fleet_config(directory: Path, upstream: str, database_url: str,
     text = path.read_text()
     for old, new in (
         ("  flush_interval: 10ms", f"  url: {url}\n  flush_interval: 10ms"),
-        ("cycle: 30s", "cycle: 2s"),
+        ("cycle: 30s", f"cycle: {cycle}"),
         ("    event_name: bandwidth\n    aggregation: {type: sum, key: bytes}",
          "    event_name: job.done\n    aggregation: {type: sum, key: units}"),
         ("  - name: egress_bytes", "  - name: units"),
