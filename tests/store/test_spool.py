@@ -14,6 +14,7 @@ import pytest
 
 from billing.events import UsageEvent
 from billing.store.base import StoreError
+from billing.store.key_cache import KeyCache
 from billing.store.postgres import PostgresStore
 from billing.store.spool import Spool, SpoolingAppender
 from billing.writer import EventWriter
@@ -280,3 +281,20 @@ async def test_a_store_not_open_yet_spools_and_a_forward_reports_what_only_it_le
         await spool.close()
         await store.close()
         await backend.dispose()
+
+
+async def test_the_key_cache_keeps_the_keys_last_saved(tmp_path: Path) -> None:
+    path = str(tmp_path / "spool.db")
+    cache = KeyCache(path)
+    assert await cache.load() == {}
+    await cache.save({b"\x01" * 32: ("acme", "k1"), b"\x02" * 32: ("beta", "k2")})
+    await cache.save({b"\x02" * 32: ("beta", "k2"), b"\x03" * 32: ("acme", "k3")})  # k1 revoked
+    assert await KeyCache(path).load() == {b"\x02" * 32: ("beta", "k2"),
+                                           b"\x03" * 32: ("acme", "k3")}
+    spool = Spool(path)  # the spool shares the file
+    await spool.open()
+    try:
+        assert await spool.add([event("a")]) == (True,)
+    finally:
+        await spool.close()
+    assert len(await cache.load()) == 2
