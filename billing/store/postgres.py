@@ -148,13 +148,9 @@ class PostgresStore(PostgresLedger):
             if version != self._meters_version:  # another replica changed the built meters
                 await self._adopt(conn, version)
             stamp = max(now_ms, watermark + 1)
-            fresh = list(firsts.values())
-            if not await pg_events.insert(conn, [events[i] for i in fresh], last_seq + 1, stamp):
-                known = await pg_events.known_ids(conn, firsts)
-                fresh = [index for event_id, index in firsts.items() if event_id not in known]
-                if not fresh:
-                    return AppendResult(tuple(stored), {}, watermark)
-                await pg_events.insert(conn, [events[i] for i in fresh], last_seq + 1, stamp)
+            fresh = await self._insert_fresh(conn, events, firsts, last_seq + 1, stamp)
+            if not fresh:
+                return AppendResult(tuple(stored), {}, watermark)
             new = [events[i] for i in fresh]
             created = self._unknown_customers(new, stamp)
             if created:
@@ -169,6 +165,20 @@ class PostgresStore(PostgresLedger):
         for index in fresh:
             stored[index] = True
         return AppendResult(tuple(stored), dict(batch.skipped), stamp)
+
+    async def _insert_fresh(self, conn: Connection, events: Sequence[UsageEvent],
+                            firsts: Mapping[str, int], first_seq: int, stamp: int) -> list[int]:
+        """Insert the events of `firsts` (id -> index) not stored yet, numbered from
+        `first_seq`; return their indexes. Tries them all first: a probe of every id only
+        follows a refusal (pg_events.insert)."""
+        fresh = list(firsts.values())
+        if await pg_events.insert(conn, [events[i] for i in fresh], first_seq, stamp):
+            return fresh
+        known = await pg_events.known_ids(conn, firsts)
+        fresh = [index for event_id, index in firsts.items() if event_id not in known]
+        if fresh:
+            await pg_events.insert(conn, [events[i] for i in fresh], first_seq, stamp)
+        return fresh
 
     async def _seal_passed_days(self, conn: Connection, stamp_ms: int, until_ms: int) -> None:
         """Seal the days that ended long enough before `stamp_ms` (pg_rollups.py)."""
