@@ -54,7 +54,6 @@ class Seen:
     answered: set[str] = field(default_factory=set)  # rids answered 200 in full
     failed: set[str] = field(default_factory=set)  # rids whose request broke off
     acked: dict[str, tuple[str, int]] = field(default_factory=dict)  # ingest id -> (cust, units)
-    last_ms: int = 0  # when the last request was sent
 
 
 async def proxy_client(session: aiohttp.ClientSession, replica: int, url: str, seen: Seen,
@@ -63,7 +62,6 @@ async def proxy_client(session: aiohttp.ClientSession, replica: int, url: str, s
     while not stop.is_set():
         rid, customer = f"r{next(ids)}", random.choice(CUSTOMERS)
         seen.sent[rid] = (replica, customer)
-        seen.last_ms = int(time.time() * 1000)
         try:
             async with session.get(f"{url}/v1/echo?rid={rid}",
                                    headers={"X-Customer-Id": customer}) as response:
@@ -201,9 +199,10 @@ async def test_three_replicas_one_killed_bill_each_customer_once(
         seen = Seen()
         victim = await drive(replicas, seen)
         survivors = [r for i, r in enumerate(replicas) if i != victim]
+        events = await stored_events(database)  # all durable: strict, or acknowledged
+        latest = max(e["timestamp_ms"] for e in events)
         async with aiohttp.ClientSession() as session:
-            statements = await finals(session, survivors[0].url("admin"), seen.last_ms)
-        events = await stored_events(database)
+            statements = await finals(session, survivors[0].url("admin"), latest)
         check_events(events, seen, victim)
         check_statements(statements, events)
         print(f"replica {victim} killed; {len(seen.answered)} requests answered,"
