@@ -24,6 +24,7 @@ from billing.store.ledger import CustomerWrite, LedgerStore, PlanAssignment, Sta
 from billing.store.pg_connection import StoreUnreachable
 from billing.store.pg_ledger import BILLING_LOCK
 from billing.store.postgres import PostgresStore
+from billing.verify import verify
 from tests.billing.test_engine_kit import (
     DAY,
     FEB,
@@ -299,3 +300,24 @@ async def test_a_close_cancelled_half_way_is_completed_with_the_same_numbers(
     finally:
         await again.store.close()
         await clean.store.close()
+
+
+async def test_verify_recomputes_from_the_raw_events_and_finds_damaged_aggregates(
+    billing: PgBilling
+) -> None:
+    await billing.store.append([event(c, "api.call", JAN.start_ms + i * DAY)
+                                for c in "ab" for i in range(3)], JAN.start_ms + 5 * DAY)
+    await billing.close(JAN.end_ms + GRACE)
+    assert [d async for d in verify(billing.store, UTC)] == [None, None]
+    await billing.store.append([event(c, "api.call", FEB.start_ms + DAY) for c in "ab"],
+                               FEB.start_ms + 2 * DAY)
+    conn = await asyncpg.connect(billing.url)
+    try:  # five calls too many in b's February aggregates, which its statement reads
+        await conn.execute("UPDATE meter_aggregates SET count = count + 5, value = value + 5"
+                           f" WHERE customer_id = 'b' AND bucket_start_ms >= {FEB.start_ms}")
+    finally:
+        await conn.close()
+    await billing.close(FEB.end_ms + GRACE)
+    found = [d for d in [d async for d in verify(billing.store, UTC)] if d is not None]
+    assert [d.customer_id for d in found] == ["b"]
+    assert found[0].problems[0].startswith("line api_calls: quantity 6 -> 1")
