@@ -22,6 +22,10 @@ MAX_METADATA_KEYS = 50
 MAX_KEY_CHARS = 100
 MAX_VALUE_CHARS = 500
 MAX_BODY_BYTES = 5_000_000
+# Text with NUL can be stored by neither PostgreSQL nor the store's lookup of known ids;
+# accepted, it would make every later flush fail. So it is refused at the door.
+NUL = "\x00"
+NUL_MESSAGE = "must not contain the NUL character"
 _CUSTOMER_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 
 
@@ -106,8 +110,6 @@ def _parse_event(
     event_id = _text(item.get("event_id"), MAX_EVENT_ID_CHARS, "event_id", bad)
     if event_id and event_id.startswith(PROXY_ID_PREFIX):
         bad("event_id", f"ids starting {PROXY_ID_PREFIX!r} are reserved for proxy events")
-    if event_id and "\x00" in event_id:  # the store's lookup of known ids stops at a NUL
-        bad("event_id", "must not contain NUL")
     customer_id = item.get("customer_id")
     if not isinstance(customer_id, str) or not _CUSTOMER_ID.match(customer_id):
         bad("customer_id", "must be 1-128 characters of A-Z a-z 0-9 . _ : @ -")
@@ -123,6 +125,9 @@ def _parse_event(
 def _text(value: Any, limit: int, field: str, bad: Any) -> str | None:
     if not isinstance(value, str) or not 1 <= len(value) <= limit:
         bad(field, f"required: a string of 1 to {limit} characters")
+        return None
+    if NUL in value:
+        bad(field, NUL_MESSAGE)
         return None
     return value
 
@@ -159,6 +164,9 @@ def _metadata(value: Any, bad: Any) -> dict[str, MetadataValue]:
     for key, v in value.items():
         if len(key) > MAX_KEY_CHARS:
             bad(f"metadata.{key[:20]}...", f"keys are at most {MAX_KEY_CHARS} characters")
+        if NUL in key or (isinstance(v, str) and NUL in v):
+            bad(f"metadata.{key.replace(NUL, '?')}", NUL_MESSAGE)
+            continue
         if isinstance(v, bool):
             continue
         if isinstance(v, int | Decimal | str):

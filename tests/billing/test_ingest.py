@@ -90,6 +90,10 @@ def test_timestamps(timestamp: str | None, expected_ms: int) -> None:
         (event(metadata={"null": None}), "metadata.null"),
         (event(metadata={f"k{i}": i for i in range(51)}), "metadata"),
         (event(metadata={"v": "x" * 501}), "metadata.v"),
+        (event(event_id="a\x00b"), "event_id"),
+        (event(event_name="n\x00"), "event_name"),
+        (event(metadata={"v": "a\x00"}), "metadata.v"),
+        (event(metadata={"k\x00": 1}), "metadata.k?"),
     ],
 )
 def test_each_mistake_is_named(bad: dict[str, Any], field: str) -> None:

@@ -225,3 +225,17 @@ def test_keys_are_kept_only_as_hashes() -> None:
     assert KEY.encode() not in repr(vars(RING)).encode()
     assert RING.customer_for(KEY) == "globex"
     assert RING.customer_for(KEY + "x") is None
+
+
+def test_a_value_holding_nul_is_left_out_and_counted() -> None:
+    from rules.jsonselect import Outcome, PathResult
+
+    rules = RuleSet((rule("r", "/**", metadata={"model": "${response.json.model}"}),))
+    x = exchange()
+    x.candidates = rules.candidates("GET", x.norm_path)
+    x.status = 200
+    x.response_json = {"model": PathResult(Outcome.FOUND, "gpt\x00")}
+    errors: list[tuple[str, str, str]] = []
+    [event] = rules.events(x, lambda *e: errors.append(e))
+    assert dict(event.metadata) == {}
+    assert errors == [("r", "error", "model")]
