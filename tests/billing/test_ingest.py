@@ -6,9 +6,19 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from billing.events import parse_timestamp
-from billing.ingest import IngestWindow, InvalidBatch, decode_json, parse_batch
+from billing.ingest import (
+    IngestWindow,
+    InvalidBatch,
+    Issue,
+    _parse_event,
+    _valid_event,
+    decode_json,
+    parse_batch,
+)
 
 NOW = parse_timestamp("2026-11-25T12:00:00Z")
 WINDOW = IngestWindow(past_ms=3_600_000, future_ms=300_000)
@@ -137,3 +147,58 @@ def test_limits_are_inclusive() -> None:
         WINDOW,
     )
     assert len(e.metadata) == 50
+
+
+def test_limits_hold_on_the_fast_path_too() -> None:
+    too_many = {f"k{i}": i for i in range(51)}
+    for bad in (
+        event(metadata=too_many),
+        event(metadata={"v": 10**600}),
+        event(metadata={"k" * 101: 1}),
+    ):
+        assert issues_of({"events": [bad]})
+
+
+_values = st.one_of(
+    st.text(max_size=3),
+    st.text(min_size=499, max_size=502),
+    st.integers(),
+    st.booleans(),
+    st.none(),
+    st.decimals(allow_nan=False, allow_infinity=False),
+    st.lists(st.integers()),
+    st.just("a\x00"),
+)
+_items = st.one_of(
+    _values,
+    st.dictionaries(
+        st.sampled_from(["event_id", "customer_id", "event_name", "timestamp", "metadata", "x"]),
+        st.one_of(
+            _values,
+            st.sampled_from(
+                [
+                    "e1",
+                    "mp_1",
+                    "acme",
+                    "api.call",
+                    "2026-11-25T11:30:00Z",
+                    "2026-11-25T10:00:00Z",
+                    "x" * 257,
+                ]
+            ),
+            st.dictionaries(
+                st.one_of(st.text(max_size=3), st.just("k" * 101)), _values, max_size=3
+            ),
+        ),
+    ),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(item=_items)
+def test_the_fast_path_accepts_exactly_what_the_full_check_accepts(item: Any) -> None:
+    issues: list[Issue] = []
+    slow = _parse_event(0, item, NOW, WINDOW, issues)
+    fast = _valid_event(item, NOW, NOW - WINDOW.past_ms, NOW + WINDOW.future_ms)
+    assert fast == slow
+    assert (slow is None) == bool(issues)
