@@ -22,10 +22,25 @@ MAX_METADATA_KEYS = 50
 MAX_KEY_CHARS = 100
 MAX_VALUE_CHARS = 500
 MAX_BODY_BYTES = 5_000_000
-# Text with NUL can be stored by neither PostgreSQL nor the store's lookup of known ids;
-# accepted, it would make every later flush fail. So it is refused at the door.
-NUL = "\x00"
-NUL_MESSAGE = "must not contain the NUL character"
+# Text with NUL or a lone surrogate (a "\ud800" JSON escape) can be stored by neither
+# PostgreSQL nor SQLite's UTF-8; accepted, it would make every later flush fail. So it
+# is refused at the door.
+NUL_MESSAGE = "must be valid Unicode text without the NUL character"
+
+
+def unstorable(text: str) -> bool:
+    """True for text no store can hold: NUL, or lone surrogates."""
+    if "\x00" in text:
+        return True
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 _CUSTOMER_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 
 
@@ -108,18 +123,20 @@ def _valid_event(item: Any, now_ms: int, low: int, high: int) -> UsageEvent | No
     if type(item) is not dict:
         return None
     event_id, customer_id, event_name = (
-        item.get("event_id"), item.get("customer_id"), item.get("event_name")
+        item.get("event_id"),
+        item.get("customer_id"),
+        item.get("event_name"),
     )
     if not (
         type(event_id) is str
         and 0 < len(event_id) <= MAX_EVENT_ID_CHARS
-        and NUL not in event_id
+        and not unstorable(event_id)
         and not event_id.startswith(PROXY_ID_PREFIX)
         and type(customer_id) is str
         and _CUSTOMER_ID.match(customer_id)
         and type(event_name) is str
         and 0 < len(event_name) <= MAX_EVENT_NAME_CHARS
-        and NUL not in event_name
+        and not unstorable(event_name)
     ):
         return None
     stamp = item.get("timestamp")
@@ -146,11 +163,11 @@ def _plain_metadata(metadata: dict[str, Any]) -> bool:
     if len(metadata) > MAX_METADATA_KEYS:
         return False
     for key, value in metadata.items():
-        if len(key) > MAX_KEY_CHARS or NUL in key:
+        if len(key) > MAX_KEY_CHARS or unstorable(key):
             return False
         kind = type(value)
         if kind is str:
-            if len(value) > MAX_VALUE_CHARS or NUL in value:
+            if len(value) > MAX_VALUE_CHARS or unstorable(value):
                 return False
         elif kind is int or kind is Decimal:
             if len(str(value)) > MAX_VALUE_CHARS:
@@ -190,7 +207,7 @@ def _text(value: Any, limit: int, field: str, bad: Any) -> str | None:
     if not isinstance(value, str) or not 1 <= len(value) <= limit:
         bad(field, f"required: a string of 1 to {limit} characters")
         return None
-    if NUL in value:
+    if unstorable(value):
         bad(field, NUL_MESSAGE)
         return None
     return value
@@ -228,8 +245,9 @@ def _metadata(value: Any, bad: Any) -> dict[str, MetadataValue]:
     for key, v in value.items():
         if len(key) > MAX_KEY_CHARS:
             bad(f"metadata.{key[:20]}...", f"keys are at most {MAX_KEY_CHARS} characters")
-        if NUL in key or (isinstance(v, str) and NUL in v):
-            bad(f"metadata.{key.replace(NUL, '?')}", NUL_MESSAGE)
+        if unstorable(key) or (isinstance(v, str) and unstorable(v)):
+            safe = key.encode("utf-8", "replace").decode().replace("\x00", "?")
+            bad(f"metadata.{safe}", NUL_MESSAGE)
             continue
         if isinstance(v, bool):
             continue

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from billing.events import MetadataValue, UsageEvent, new_proxy_event_id
+from billing.ingest import unstorable
 from rules.exchange import Exchange
 from rules.jsonselect import JsonPaths
 from rules.model import Rule
@@ -126,5 +127,5 @@ def _flat(value: Any) -> MetadataValue | None:
     if isinstance(value, list | dict):
         value = json.dumps(value, separators=(",", ":"), default=str)
     text = str(value)
-    # NUL cannot be stored (see billing/ingest.py): such a value is left out and counted.
-    return text if len(text) <= MAX_VALUE_CHARS and "\x00" not in text else None
+    # Text no store can hold (see billing/ingest.py) is left out and counted.
+    return text if len(text) <= MAX_VALUE_CHARS and not unstorable(text) else None

@@ -104,6 +104,8 @@ def test_timestamps(timestamp: str | None, expected_ms: int) -> None:
         (event(event_name="n\x00"), "event_name"),
         (event(metadata={"v": "a\x00"}), "metadata.v"),
         (event(metadata={"k\x00": 1}), "metadata.k?"),
+        (event(event_name="\ud800"), "event_name"),
+        (event(metadata={"v": "a\udfff"}), "metadata.v"),
     ],
 )
 def test_each_mistake_is_named(bad: dict[str, Any], field: str) -> None:
@@ -168,6 +170,7 @@ _values = st.one_of(
     st.decimals(allow_nan=False, allow_infinity=False),
     st.lists(st.integers()),
     st.just("a\x00"),
+    st.just("\ud800"),
 )
 _items = st.one_of(
     _values,

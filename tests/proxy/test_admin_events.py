@@ -212,3 +212,18 @@ async def test_concurrent_ingests_of_one_id_store_it_once(running: Running) -> N
     batch = [{"event_id": "same", "customer_id": "acme", "event_name": "api.call"}]
     results = await asyncio.gather(*(ingest(running, batch) for _ in range(10)))
     assert sorted(body["ingested_count"] for _, body in results) == [0] * 9 + [1]
+
+
+@pytest.mark.parametrize("text", [b"\\ud800", b"a\\u0000b"])
+async def test_text_no_store_can_hold_is_refused_and_ingest_goes_on(
+    running: Running, text: bytes
+) -> None:
+    body = b'{"events": [{"event_id": "p1", "customer_id": "acme", "event_name": "' + text + b'"}]}'
+    async with running.session.post(
+        f"{running.admin_url}/events/ingest", data=body, headers=AUTH
+    ) as r:
+        assert r.status == 400
+    status, result = await ingest(
+        running, [{"event_id": "p2", "customer_id": "acme", "event_name": "x"}]
+    )
+    assert (status, result) == (200, {"ingested_count": 1})  # the writer is not stuck
