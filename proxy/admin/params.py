@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from billing.events import parse_timestamp
+from billing.ingest import unstorable
 from rules.identify import valid_customer_id
 
 T = TypeVar("T")
@@ -112,4 +113,17 @@ async def json_body(request: web.Request, required: bool = True) -> dict[str, An
         raise bad_request("the body is not valid JSON") from None
     if not isinstance(value, dict):
         raise bad_request("the body must be a JSON object")
+    if _holds_unstorable_text(value):
+        raise bad_request("the body holds text with NUL or a lone surrogate (\\ud800-style)")
     return value
+
+
+def _holds_unstorable_text(value: Any) -> bool:
+    """Strings no store can write would fail deep in the ledger as a 500: refuse them here."""
+    if isinstance(value, str):
+        return unstorable(value)
+    if isinstance(value, dict):
+        return any(_holds_unstorable_text(k) or _holds_unstorable_text(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_unstorable_text(v) for v in value)
+    return False

@@ -227,3 +227,33 @@ async def test_text_no_store_can_hold_is_refused_and_ingest_goes_on(
         running, [{"event_id": "p2", "customer_id": "acme", "event_name": "x"}]
     )
     assert (status, result) == (200, {"ingested_count": 1})  # the writer is not stuck
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        (
+            "POST",
+            "/v1/customers/acme/adjustments",
+            b'{"adjustment_id": "a1", "amount": "1", "description": "\\ud800"}',
+        ),
+        (
+            "POST",
+            "/v1/customers/acme/credits",
+            b'{"grant_id": "g\\u0000", "meter": "api_calls", "credits": 5}',
+        ),
+        ("PUT", "/v1/customers/acme", b'{"plan": "basic", "note": ["\\udfff"]}'),
+    ],
+)
+async def test_admin_bodies_with_unstorable_text_are_400_not_500(
+    running: Running, method: str, path: str, body: bytes
+) -> None:
+    async with running.session.put(
+        f"{running.admin_url}/v1/customers/acme", json={"plan": "basic"}, headers=AUTH
+    ) as r:
+        assert r.status == 200
+    async with running.session.request(
+        method, running.admin_url + path, data=body, headers=AUTH
+    ) as r:
+        assert r.status == 400
+        assert (await r.json())["error"]["code"] == "invalid_request"
