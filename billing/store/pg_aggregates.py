@@ -61,6 +61,21 @@ _MERGE = f"""
         last_seq = CASE WHEN {_LATER} THEN excluded.last_seq ELSE a.last_seq END"""
 
 
+# The merge of many rows in one GROUP BY (a day's buckets into its rollup, a period's rows into
+# its quantity), per aggregation type: the value, then the latest (timestamp, seq) of the
+# group. The later row sorts first: by (timestamp, seq), then by value as compare_total.
+_SCALE_ORDER = "CASE WHEN value >= 0 THEN scale(value) ELSE -scale(value) END"
+_LATER_FIRST = f"last_ts_ms DESC, last_seq DESC, value DESC, {_SCALE_ORDER}"
+MERGED_VALUE: dict[AggregationType, str] = {
+    "count": "sum(count)",
+    "sum": "sum(value)",
+    "max": f"(array_agg(value ORDER BY value DESC, {_SCALE_ORDER}))[1]",
+    "last": f"(array_agg(value ORDER BY {_LATER_FIRST}))[1]",
+}
+MERGED_LAST = (f"(array_agg(last_ts_ms ORDER BY {_LATER_FIRST}))[1],"
+               f" (array_agg(last_seq ORDER BY {_LATER_FIRST}))[1]")
+
+
 async def prepare_connection(conn: Connection) -> None:
     """Create this session's temporary table (run once per new pooled connection)."""
     await conn.execute(_TEMP_TABLE)

@@ -15,7 +15,7 @@ an append touches, which doubles its aggregate writes. This engine keeps rollups
 
 The invariant: each sealed day's rollup row is the merge of its bucket rows, and no later day
 has a rollup row. The SQL merge of a day's buckets follows `billing.meters.merge`, ties
-included (see pg_aggregates.py).
+included (pg_aggregates.MERGED_VALUE).
 """
 
 from __future__ import annotations
@@ -24,30 +24,19 @@ from collections.abc import Mapping
 
 from billing.meters import Aggregate, AggregationType, Tally
 from billing.store.base import ROLLUP_BUCKETS, ReadPlan, bucket_start, merged
-from billing.store.pg_aggregates import DeltaRow
+from billing.store.pg_aggregates import MERGED_LAST, MERGED_VALUE, DeltaRow
 from billing.store.pg_connection import Connection
 
 # A day is sealed this long after it ends, so that the usual late events (ingest within its
 # window, streams that ran past midnight) reach its buckets before it has a rollup to update.
 SEAL_LAG_MS = 2 * 3_600_000
 
-# The later row first: by (timestamp, seq), then by value as Decimal.compare_total orders it.
-_LATER = ("last_ts_ms DESC, last_seq DESC, value DESC,"
-          " CASE WHEN value >= 0 THEN scale(value) ELSE -scale(value) END")
-_VALUE: dict[AggregationType, str] = {
-    "count": "sum(count)",
-    "sum": "sum(value)",
-    "max": "(array_agg(value ORDER BY value DESC,"
-           " CASE WHEN value >= 0 THEN scale(value) ELSE -scale(value) END))[1]",
-    "last": f"(array_agg(value ORDER BY {_LATER}))[1]",
-}
 # $1 meters, days [$2, $3), $4 bucket size, $5 rollup size; a negative bucket start floors too.
 _DAY = "bucket_start_ms - mod(mod(bucket_start_ms, $5::bigint) + $5::bigint, $5::bigint)"
 _SEAL = """
     INSERT INTO meter_aggregates (meter, customer_id, bucket_start_ms, size_ms, count, value,
                                   last_ts_ms, last_seq)
-    SELECT meter, customer_id, {day}, $5::bigint, sum(count), {value},
-           (array_agg(last_ts_ms ORDER BY {later}))[1], (array_agg(last_seq ORDER BY {later}))[1]
+    SELECT meter, customer_id, {day}, $5::bigint, sum(count), {value}, {last}
     FROM meter_aggregates
     WHERE meter = ANY($1::text[]) AND bucket_start_ms >= $2::bigint
         AND bucket_start_ms < $3::bigint AND size_ms = $4::bigint
@@ -90,10 +79,10 @@ async def seal(conn: Connection, kinds: Mapping[str, AggregationType], bucket_ms
     from their bucket rows, and record `until_ms`. Call holding the counter's row lock, with
     since_ms the recorded rollups_until."""
     rollup_ms = bucket_ms * ROLLUP_BUCKETS
-    for kind, sql in _VALUE.items():
+    for kind, sql in MERGED_VALUE.items():
         names = [name for name, k in kinds.items() if k == kind]
         if names:
-            await conn.execute(_SEAL.format(day=_DAY, value=sql, later=_LATER), names,
+            await conn.execute(_SEAL.format(day=_DAY, value=sql, last=MERGED_LAST), names,
                                since_ms, until_ms, bucket_ms, rollup_ms)
     await conn.execute("UPDATE ingest_counter SET rollups_until = $1", until_ms)
 

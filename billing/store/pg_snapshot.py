@@ -27,7 +27,7 @@ from billing.store.ledger import (
     PlanAssignment,
     StoredStatement,
 )
-from billing.store.pg_aggregates import from_numeric
+from billing.store.pg_aggregates import MERGED_LAST, MERGED_VALUE, from_numeric
 from billing.store.pg_connection import Connection, Row
 from billing.store.pg_rollups import sealed_plan
 from billing.store.sqlite_snapshot import (
@@ -85,14 +85,25 @@ _LATE_RECENT = f"""
         AND e.timestamp_ms > p.after_ms - {LATE_LAG_MS} AND e.timestamp_ms < p.before_ms
         AND e.ingested_at_ms > p.after_ms
     GROUP BY 1"""
-# Aggregate rows of a ReadPlan for lists of meters and customers: rollup rows inside the
-# rollup range, bucket rows elsewhere.
-_PLANNED_AGGREGATES = """
-    SELECT meter, customer_id, count, value, last_ts_ms, last_seq FROM meter_aggregates
-    WHERE meter = ANY($1::text[]) AND customer_id = ANY($2::text[])
-        AND bucket_start_ms >= $3 AND bucket_start_ms < $4
-        AND size_ms = CASE WHEN bucket_start_ms >= $5 AND bucket_start_ms < $6
-                           THEN $7::bigint ELSE $8::bigint END"""
+# The aggregate rows of a ReadPlan for lists of meters and customers (rollup rows in
+# [$5, $6), bucket rows in [$3, $5) and [$6, $4)), merged server side into one row per meter
+# and customer with any: (meter, customer, count, value, last_ts, last_seq). {value} and
+# {last} are the merges of pg_aggregates; count and sum meters need no latest event
+# ({last}: 0, 0). Each (meter, customer) pair is three range scans of the primary key
+# (LATERAL): the planner would rather filter the whole table through two long ANY lists.
+_SPANS = """
+    SELECT count, value, last_ts_ms, last_seq FROM meter_aggregates
+    WHERE meter = m.meter AND customer_id = c.customer_id AND size_ms = {size}::bigint
+        AND bucket_start_ms >= {start} AND bucket_start_ms < {end}"""
+_PLANNED_AGGREGATES = f"""
+    SELECT m.meter, c.customer_id, s.* FROM unnest($1::text[]) AS m (meter)
+    CROSS JOIN unnest($2::text[]) AS c (customer_id)
+    CROSS JOIN LATERAL (
+        SELECT sum(count) AS events, {{value}}, {{last}} FROM (
+            {_SPANS.format(size="$7", start="$5", end="$6")}
+            UNION ALL {_SPANS.format(size="$8", start="$3", end="$5")}
+            UNION ALL {_SPANS.format(size="$8", start="$6", end="$4")}) AS a) AS s
+    WHERE s.events IS NOT NULL"""
 _RAW_EDGE = """
     SELECT customer_id, seq, timestamp_ms, metadata FROM events
     WHERE customer_id = ANY($1::text[]) AND event_name = $2 AND timestamp_ms >= $3
@@ -184,12 +195,13 @@ class PostgresLedgerSnapshot:
                            await self._sealed_until())
         ids = list(customers)
         if plan.buckets is not None:
-            rollup_start, rollup_end = plan.rollups or (0, 0)
-            for row in await self._conn.fetch(
-                _PLANNED_AGGREGATES, list(meters), ids, *plan.buckets, rollup_start,
-                rollup_end, self._bucket_ms * ROLLUP_BUCKETS, self._bucket_ms,
-            ):
-                rows[row[0]].append(row[1:])
+            first, end = plan.buckets
+            rollup_start, rollup_end = plan.rollups or (end, end)  # no rollup: none read
+            bounds = (first, end, rollup_start, rollup_end, self._bucket_ms * ROLLUP_BUCKETS,
+                      self._bucket_ms)
+            for names, sql in _merges(kinds):
+                for row in await self._conn.fetch(sql, names, ids, *bounds):
+                    rows[row[0]].append(row[1:])
         for start, end in plan.raw:  # the unaligned edges, from the raw events
             for name, meter in kinds.items():
                 raw = await self._conn.fetch(_RAW_EDGE, ids, meter.event_name, start, end)
@@ -211,6 +223,20 @@ class PostgresLedgerSnapshot:
             return self._meters[name]
         except KeyError:
             raise KeyError(f"unknown meter {name!r}") from None
+
+
+def _merges(kinds: Mapping[str, Meter]) -> list[tuple[list[str], str]]:
+    """(meters, query) pairs reading `kinds` merged per customer: count and sum meters in
+    one query (sums), max meters and last meters in one query each."""
+    groups: dict[str, tuple[str, str]] = {
+        "count": (MERGED_VALUE["sum"], "0, 0"), "sum": (MERGED_VALUE["sum"], "0, 0"),
+        "max": (MERGED_VALUE["max"], "0, 0"), "last": (MERGED_VALUE["last"], MERGED_LAST),
+    }
+    by_query: dict[tuple[str, str], list[str]] = {}
+    for name, meter in kinds.items():
+        by_query.setdefault(groups[meter.aggregation], []).append(name)
+    return [(names, _PLANNED_AGGREGATES.format(value=value, last=last))
+            for (value, last), names in by_query.items()]
 
 
 def fold_by_customer(meter: Meter, rows: Iterable[Row]) -> dict[str, Aggregate]:

@@ -61,9 +61,15 @@ _PLANNED_ROWS = """
     bucket_start_ms >= $2 AND bucket_start_ms < $3 AND size_ms =
         CASE WHEN bucket_start_ms >= $4 AND bucket_start_ms < $5 THEN $6::bigint
              ELSE $7::bigint END"""
-_CUSTOMER_AGGREGATES = f"""
-    SELECT {_AGGREGATE_COLUMNS} FROM meter_aggregates
-    WHERE meter = $1 AND {_PLANNED_ROWS} AND customer_id = $8"""
+# The same rows for one customer: rollups in [$4, $5), buckets in [$2, $4) and [$5, $3), each
+# one range of the primary key.
+_SPANS = f"""
+    SELECT {_AGGREGATE_COLUMNS} FROM meter_aggregates WHERE meter = $1 AND customer_id = $8
+        AND size_ms = {{size}}::bigint
+        AND bucket_start_ms >= {{start}} AND bucket_start_ms < {{end}}"""
+_CUSTOMER_AGGREGATES = " UNION ALL ".join(
+    _SPANS.format(size=size, start=start, end=end)
+    for size, start, end in (("$6", "$4", "$5"), ("$7", "$2", "$4"), ("$7", "$5", "$3")))
 _ALL_CUSTOMER_AGGREGATES = f"""
     SELECT customer_id, {_AGGREGATE_COLUMNS} FROM meter_aggregates
     WHERE meter = $1 AND {_PLANNED_ROWS}"""
@@ -285,10 +291,11 @@ class PostgresStore(PostgresLedger):
         return pg_rollups.sealed_plan(plan_read(start_ms, end_ms, self._bucket_ms), until)
 
     def _plan_params(self, plan: ReadPlan) -> tuple[int, ...]:
-        """$2..$7 of _PLANNED_ROWS."""
+        """$2..$7 of _PLANNED_ROWS and _CUSTOMER_AGGREGATES."""
         assert plan.buckets is not None  # callers read raw events only otherwise
-        rollup_start, rollup_end = plan.rollups or (0, 0)
-        return (*plan.buckets, rollup_start, rollup_end, self._bucket_ms * ROLLUP_BUCKETS,
+        first, end = plan.buckets
+        rollup_start, rollup_end = plan.rollups or (end, end)  # no rollup: none read
+        return (first, end, rollup_start, rollup_end, self._bucket_ms * ROLLUP_BUCKETS,
                 self._bucket_ms)
 
     async def rebuild_aggregates(self, meters: Sequence[str] | None = None) -> None:

@@ -24,3 +24,9 @@ ALTER TABLE ingest_counter ADD COLUMN rollups_until bigint NOT NULL
     DEFAULT -9223372036854775808;
 DELETE FROM meter_aggregates AS a USING meter_state AS s
     WHERE a.meter = s.meter AND a.size_ms = s.rollup_ms;
+
+-- Billing reads a customer's rollup rows of a period, then the bucket rows at its edges. With
+-- the span size before the start in the key, each is one contiguous range of the index; in
+-- the old order the rollup range also walked every bucket row inside it.
+ALTER TABLE meter_aggregates DROP CONSTRAINT meter_aggregates_pkey;
+ALTER TABLE meter_aggregates ADD PRIMARY KEY (meter, customer_id, size_ms, bucket_start_ms);
