@@ -104,11 +104,14 @@ _PLANNED_AGGREGATES = f"""
             UNION ALL {_SPANS.format(size="$8", start="$3", end="$5")}
             UNION ALL {_SPANS.format(size="$8", start="$6", end="$4")}) AS a) AS s
     WHERE s.events IS NOT NULL"""
+# Raw events at a period's unaligned edges: one range of the events index per customer.
 _RAW_EDGE = """
-    SELECT customer_id, seq, timestamp_ms, metadata FROM events
-    WHERE customer_id = ANY($1::text[]) AND event_name = $2 AND timestamp_ms >= $3
-        AND timestamp_ms < $4
-    ORDER BY seq"""
+    SELECT c.customer_id, e.seq, e.timestamp_ms, e.metadata
+    FROM unnest($1::text[]) AS c (customer_id) CROSS JOIN LATERAL (
+        SELECT seq, timestamp_ms, metadata FROM events
+        WHERE customer_id = c.customer_id AND event_name = $2 AND timestamp_ms >= $3
+            AND timestamp_ms < $4) AS e
+    ORDER BY e.seq"""
 
 
 class PostgresLedgerSnapshot:
