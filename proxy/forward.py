@@ -313,6 +313,7 @@ class Forwarder:
                 chunk = await content.readany()
             except (aiohttp.ClientError, TimeoutError):
                 x.aborted = True  # upstream broke off mid-body: the client sees it cut short
+                state.metrics.count_proxy_error("upstream_broken")
                 _abort_client(request)
                 self._finish_tap(x, tap, complete=False)
                 return

@@ -179,6 +179,8 @@ async def test_upstream_faults(
         assert len(egress) == 3
         assert {e["metadata"]["aborted"] for e in egress} == {True}
         assert {e["metadata"]["bytes"] for e in egress} == {10}
+        broken = running.metric("meterproxy_proxy_errors_total", reason="upstream_broken")
+        assert broken == 3  # every cut-short stream is counted
     assert after[0] <= before[0], f"tasks leaked: {[t.get_coro() for t in asyncio.all_tasks()]}"
     assert after[1] <= before[1], "file descriptors leaked"
     assert upstream_in_use == 0, "upstream connections leaked"
