@@ -52,6 +52,23 @@ class DuplicateKey(StoreError):
 
 
 @dataclass(frozen=True, slots=True)
+class AggregateDeltas:
+    """What one append that stored events added to the aggregates.
+
+    by_meter[meter name][(customer_id, bucket_start)]: the fold of the events it stored in
+    that bucket of `bucket_ms` (meters without such events are absent). `after_ms` is the
+    watermark before the append and `stamp_ms` its events' `ingested_at_ms`: an append
+    directly follows another when its `after_ms` is the other's `stamp_ms`, so a reader of
+    deltas can tell whether it missed a commit.
+    """
+
+    after_ms: int
+    stamp_ms: int
+    bucket_ms: int
+    by_meter: Mapping[str, Mapping[tuple[str, int], Aggregate]]
+
+
+@dataclass(frozen=True, slots=True)
 class AppendResult:
     """What one `Store.append` did.
 
@@ -60,18 +77,22 @@ class AppendResult:
     skipped: events left out of a meter, counted per (meter name, reason "missing" |
         "not_numeric"); only newly stored events are counted.
     watermark: the largest `ingested_at_ms` in the store after the append (0: no events).
+    deltas: what the append added to the aggregates; None when it stored nothing or the
+        engine does not report them (a part, a spooled append).
     """
 
     stored: tuple[bool, ...]
     skipped: Mapping[tuple[str, str], int]
     watermark: int
+    deltas: AggregateDeltas | None = None
 
     @property
     def stored_count(self) -> int:
         return sum(self.stored)
 
     def part(self, start: int, end: int) -> AppendResult:
-        """The result of input indexes [start, end) only; skipped counts stay with the whole."""
+        """The result of input indexes [start, end) only; skipped counts and deltas stay with
+        the whole."""
         return AppendResult(self.stored[start:end], {}, self.watermark)
 
 

@@ -21,6 +21,7 @@ from billing.meters import AggregationType, Meter
 from billing.money import EXACT
 from billing.store.base import (
     ROLLUP_BUCKETS,
+    AggregateDeltas,
     AppendResult,
     BatchFold,
     decode_metadata,
@@ -98,15 +99,16 @@ def append(
     stored = [False] * len(events)
     known = {row[0] for row in conn.execute(_KNOWN_IDS, (json.dumps(list(firsts)),))}
     fresh = [index for event_id, index in firsts.items() if event_id not in known]
-    watermark = _scalar(conn, "SELECT MAX(ingested_at_ms) FROM events")
+    previous = _scalar(conn, "SELECT MAX(ingested_at_ms) FROM events")
     if not fresh:
-        return AppendResult(tuple(stored), {}, watermark), []
-    watermark = max(now_ms, watermark + 1)
+        return AppendResult(tuple(stored), {}, previous), []
+    watermark = max(now_ms, previous + 1)
     customers = _insert(conn, batch, [events[i] for i in fresh], watermark, known_customers)
     merge(conn, batch)
     for index in fresh:
         stored[index] = True
-    return AppendResult(tuple(stored), dict(batch.skipped), watermark), customers
+    deltas = AggregateDeltas(previous, watermark, batch.bucket_ms, batch.deltas)
+    return AppendResult(tuple(stored), dict(batch.skipped), watermark, deltas), customers
 
 
 def _insert(
