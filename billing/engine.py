@@ -9,14 +9,17 @@ processes are safe through the store (see `CustomerWrite`). A run that dies half
 whole customers written or not, and the next run completes it with the same numbers.
 
 The usage preview computes a customer's statements the same way, through the period asked.
-`open_usage` and `statement_counts` are what /metrics reads.
+`usage_reader` (and `open_usage`, a whole read of it) and `statement_counts` are what
+/metrics reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -72,6 +75,37 @@ class OpenPeriods:
     def holds(self, version: tuple[int, ...], now_ms: int) -> bool:
         return (version == self.version and now_ms >= self.found_at_ms
                 and (self.until_ms is None or now_ms < self.until_ms))
+
+
+class OpenUsageReader:
+    """Reads the usage of open periods from one store snapshot (`StatementEngine.usage_reader`).
+
+    `periods`: whose periods were open at the instant asked; `watermark`: the largest
+    `ingested_at_ms` in the snapshot (0: no events), so that whoever also follows append
+    deltas knows which ones the quantities hold already: those stamped at or before it.
+    """
+
+    def __init__(self, snap: LedgerSnapshot, meters: tuple[str, ...], periods: OpenPeriods,
+                 watermark: int) -> None:
+        self._snap = snap
+        self._meters = meters
+        self.periods = periods
+        self.watermark = watermark
+
+    async def quantities(self, customers: AbstractSet[str] | None = None
+                         ) -> dict[str, dict[str, Decimal]]:
+        """meter -> customer -> quantity of the customer's open period, for `customers` (None:
+        every customer with an open period); customers without one or without usage are
+        absent. One read per distinct period and chunk of customers. Raises StoreError."""
+        usage: dict[str, dict[str, Decimal]] = {meter: {} for meter in self._meters}
+        for span, listed in self.periods.by_span.items():
+            wanted = listed if customers is None else [c for c in listed if c in customers]
+            for start in range(0, len(wanted), gather.QUANTITY_CHUNK):
+                chunk = wanted[start:start + gather.QUANTITY_CHUNK]
+                for meter, found in (await self._snap.quantities(self._meters, chunk,
+                                                                 span)).items():
+                    usage[meter].update(found)
+        return usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,23 +307,24 @@ class StatementEngine:
     async def open_usage(self, now_ms: int) -> dict[str, dict[str, Decimal]]:
         """meter -> customer -> quantity of each customer's period open at `now_ms`, read
         from the aggregates: one read per distinct open period for all its customers.
-        Customers without a plan (no open period) are left out. Raises StoreError.
+        Customers without a plan (no open period) are left out. Raises StoreError."""
+        async with self.usage_reader(now_ms) as reader:
+            return await reader.quantities()
+
+    @contextlib.asynccontextmanager
+    async def usage_reader(self, now_ms: int) -> AsyncIterator[OpenUsageReader]:
+        """A reader of the usage of the periods open at `now_ms`, on one store snapshot held
+        while the block runs. Raises StoreError.
 
         Which period is open for whom is kept until one of them ends or the accounts
-        change (a customer created or deleted, a plan assigned): a scrape then reads only
-        the aggregates."""
+        change (a customer created or deleted, a plan assigned): a reader then costs two
+        cheap reads before its quantities."""
         async with self._store.billing_snapshot() as snap:
             version = await snap.accounts_version()
             known = self._open_periods
             if known is None or not known.holds(version, now_ms):
                 known = self._open_periods = await self._find_open_periods(snap, version, now_ms)
-            usage: dict[str, dict[str, Decimal]] = {meter: {} for meter in self._meters}
-            for span, customers in known.by_span.items():
-                for start in range(0, len(customers), gather.QUANTITY_CHUNK):
-                    chunk = customers[start:start + gather.QUANTITY_CHUNK]
-                    for meter, found in (await snap.quantities(self._meters, chunk, span)).items():
-                        usage[meter].update(found)
-        return usage
+            yield OpenUsageReader(snap, self._meters, known, await snap.watermark())
 
     async def _find_open_periods(self, snap: LedgerSnapshot, version: tuple[int, ...],
                                  now: int) -> OpenPeriods:
