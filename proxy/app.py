@@ -78,14 +78,24 @@ class MeterProxy:
         )
         self.scheduler = Scheduler(self.engine, clock=clock)
         observer = MetricsObserver(self.metrics)
+        self.usage_metrics = UsageCollector(
+            self.engine,
+            config.meters,
+            clock=clock,
+            max_customers=config.metrics.max_customers if config.metrics.customer_labels else None,
+            reconcile_ms=config.metrics.usage_reconcile_ms,
+        )
+        self.registry.register(self.usage_metrics)
+        # Every append reaches the store through the tap, spooled ones when forwarded.
+        primary = self.usage_metrics.tap(self.store)
         # Fleet mode: the outage spool, in the file a single instance would store events in.
         self.spool = Spool(config.storage.path) if config.storage.url else None
         self.key_cache = KeyCache(config.storage.path) if config.storage.url else None
         self.appender = None if self.spool is None else SpoolingAppender(
-            self.store, self.spool, clock=clock, observer=observer, primary_open=False
+            primary, self.spool, clock=clock, observer=observer, primary_open=False
         )
         self.writer = EventWriter(
-            self.appender or self.store,
+            self.appender or primary,
             flush_interval_ms=config.storage.flush_interval_ms,
             max_pending=config.storage.max_pending,
             on_full=config.storage.on_full,
@@ -94,13 +104,6 @@ class MeterProxy:
         )
         self.metrics.store_pending.set_function(lambda: self.writer.pending)
         self.metrics.store_spooled.set_function(lambda: self.spooled)
-        self.usage_metrics = UsageCollector(
-            self.engine,
-            [m.name for m in config.meters],
-            clock=clock,
-            max_customers=config.metrics.max_customers if config.metrics.customer_labels else None,
-        )
-        self.registry.register(self.usage_metrics)
         self.key_source = KeySource()
         self._drains = asyncio.Semaphore(config.proxy.max_concurrent_drains)
         self.draining = False
@@ -144,6 +147,7 @@ class MeterProxy:
         await self.engine.open()
         await self.reload_keys()
         self._spawn(self.scheduler.run(), "billing-scheduler")
+        self._spawn(self.usage_metrics.run(), "usage-metrics")
         self._spawn(self._poll_keys(), "key-refresher")
         if self.appender is not None:
             self.appender.primary_opened()

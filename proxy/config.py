@@ -117,6 +117,7 @@ class MetricsSettings:
     listen: Listen | None
     customer_labels: bool
     max_customers: int
+    usage_reconcile_ms: int  # how often the open-usage table is read whole from the store
 
 
 @dataclass(frozen=True)
@@ -283,8 +284,11 @@ def _parse_metrics(s: Section) -> MetricsSettings:
         listen=listen,
         customer_labels=s.flag("customer_labels", False),
         max_customers=s.integer("max_customers", 100, minimum=1),
+        usage_reconcile_ms=s.duration_ms("usage_reconcile", 300_000),
     )
     s.done()
+    if settings.usage_reconcile_ms <= 0:
+        s.fail("usage_reconcile", "must be more than 0s")
     return settings
 
 

@@ -1,9 +1,12 @@
-"""Open-period usage and statements on /metrics, read from the store at scrape time.
+"""Open-period usage and statements on /metrics.
 
 prometheus_client collectors are synchronous and run inside the event loop, so they
-must not query the store. The /metrics handler awaits `UsageCollector.refresh()`,
-which reads the aggregates at most once per `max_age_ms` (concurrent scrapes share
-one read) and folds them into a small snapshot; `collect()` only yields from it.
+must not query the store. The /metrics handler awaits `UsageCollector.refresh()`, which at
+most once per `max_age_ms` (concurrent scrapes share one refresh) folds the open-usage
+table (proxy/usage_table.py: read whole from the store at start and every
+`metrics.usage_reconcile`, kept current by the deltas of this process's appends in between)
+into a small snapshot; `collect()` only yields from it. A scrape thus costs a fold of the
+table and a few small reads, not a read of every customer's aggregates.
 
 Per-customer series exist only with `metrics.customer_labels`: the `max_customers`
 largest customers of each meter, the rest summed into `customer="__other__"`, so the
@@ -13,18 +16,24 @@ series count stays bounded however many customers there are.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Protocol
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from billing.engine import OpenUsageReader
+from billing.meters import Meter
 from billing.statement import StatementStatus
+from billing.writer import Appender
 from proxy.metrics import OTHER
+from proxy.usage_table import OpenUsageTable, UsageTap
 
 log = logging.getLogger("meterproxy.metrics")
 
@@ -38,8 +47,8 @@ USAGE_HELP = (
 class UsageSource(Protocol):
     """What the collector reads: the billing engine."""
 
-    async def open_usage(self, now_ms: int) -> Mapping[str, Mapping[str, Decimal]]:
-        """meter -> customer -> quantity of that customer's period open at now_ms."""
+    def usage_reader(self, now_ms: int) -> AbstractAsyncContextManager[OpenUsageReader]:
+        """A reader of the usage of the periods open at now_ms, on one store snapshot."""
 
     async def statement_counts(self) -> Mapping[StatementStatus, int]:
         """status -> statements stored with that status."""
@@ -101,29 +110,64 @@ def take_snapshot(
 class UsageCollector(Collector):
     """Yields `meterproxy_meter_usage` and `meterproxy_statements_total` from a snapshot.
 
-    Before the first successful `refresh()` it yields the families without samples.
+    The usage comes from an `OpenUsageTable` that `run()` reads whole from `source` at once
+    and every `reconcile_ms` after, and that the appends passing through `tap()` keep
+    current in between. Before the first successful `refresh()` it yields the families
+    without samples.
     """
 
     def __init__(
         self,
         source: UsageSource,
-        meters: Iterable[str],
+        meters: Sequence[Meter],
         *,
         clock: Callable[[], int],
         max_customers: int | None = None,
         max_age_ms: int = 1000,
+        reconcile_ms: int = 300_000,
     ) -> None:
         self._source = source
-        self._meters = tuple(meters)
+        self._meters = tuple(m.name for m in meters)
         self._clock = clock
         self._max_customers = max_customers
         self._max_age_ms = max_age_ms
-        self._lock = asyncio.Lock()
+        self._reconcile_s = reconcile_ms / 1000
+        self.table = OpenUsageTable(meters)
+        self._lock = asyncio.Lock()  # refreshes take turns
+        self._reading = asyncio.Lock()  # reads into the table take turns
+        self._whole_read_due = asyncio.Event()  # run() reads the whole table when set
+        self._ahead: int | None = None  # the store's watermark, when beyond the table's
         self._snapshot = UsageSnapshot()
+        self._folded: int | None = None  # the table version of the snapshot's usage
         self._taken_ms: int | None = None
 
+    def tap(self, appender: Appender) -> UsageTap:
+        """`appender` with the deltas of its appends merged into the table: give the event
+        writer (and, in fleet mode, the spool's forwarding) this instead of the store."""
+        return UsageTap(appender, self.table)
+
+    async def run(self) -> None:
+        """Read the whole table at once, then every `reconcile_ms`, and whenever a refresh
+        found the store holding commits the table did not follow (another replica's, in
+        fleet mode) or a delta told of one. Runs until cancelled; a failed read is logged
+        and tried again at the next of these occasions."""
+        while True:
+            self._whole_read_due.clear()
+            try:
+                async with self._reading:
+                    await self._read(self._clock(), whole=True)
+            except Exception:
+                log.warning("reading usage for /metrics failed; trying again later",
+                            exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._reconcile_s):
+                    await self._whole_read_due.wait()
+
     async def refresh(self) -> None:
-        """Re-read usage unless the snapshot is younger than `max_age_ms`.
+        """Bring the snapshot up to date unless it is younger than `max_age_ms`: re-read the
+        customers whose open period changed or whose deltas could not be merged, then fold
+        the table. The first refresh waits for the table's first whole read; while `run()`
+        reads it whole again, a refresh folds it as it is.
 
         Never raises: when the store cannot answer, the previous snapshot stays and the
         failure is logged (a scrape must not fail because of it).
@@ -133,15 +177,52 @@ class UsageCollector(Collector):
             if self._taken_ms is not None and 0 <= now - self._taken_ms < self._max_age_ms:
                 return
             try:
-                usage = await self._source.open_usage(now)
+                await self._read_changes(now)
                 statements = await self._source.statement_counts()
             except Exception:
                 log.warning(
                     "reading usage for /metrics failed; serving the last values", exc_info=True
                 )
                 return
-            self._snapshot = take_snapshot(self._meters, usage, statements, self._max_customers)
+            self._snapshot = self._fold(statements)
             self._taken_ms = now
+
+    async def _read_changes(self, now: int) -> None:
+        if self.table.loaded and self._reading.locked():
+            return
+        async with self._reading:
+            await self._read(now, whole=not self.table.loaded)
+
+    async def _read(self, now: int, *, whole: bool) -> None:
+        """Read the whole table, or the customers it needs re-read, from one snapshot."""
+        self.table.begin_read()
+        try:
+            async with self._source.usage_reader(now) as reader:
+                customers = None if whole else self.table.to_read(reader.periods)
+                found = {} if customers == set() else await reader.quantities(customers)
+                if not whole:
+                    self._note_watermark(reader.watermark)
+        except BaseException:
+            self.table.cancel_read()
+            raise
+        self.table.finish_read(reader.periods, reader.watermark, found, customers)
+        if whole:
+            self._ahead = None
+
+    def _note_watermark(self, watermark: int) -> None:
+        """Ask for a whole read when the store holds commits the table did not follow. The
+        store's watermark seen beyond the table must still be so at the next refresh: an
+        append that just committed hands its deltas over a moment later."""
+        if self.table.gap or (self._ahead is not None and self.table.behind(self._ahead)):
+            self._whole_read_due.set()
+        self._ahead = watermark if self.table.behind(watermark) else None
+
+    def _fold(self, statements: Mapping[StatementStatus, int]) -> UsageSnapshot:
+        """The snapshot of the table now; its usage folded again only when it changed."""
+        if self._folded == self.table.version:
+            return replace(self._snapshot, statements=statement_totals(statements))
+        self._folded = self.table.version
+        return take_snapshot(self._meters, self.table.usage, statements, self._max_customers)
 
     def describe(self) -> Iterable[Metric]:
         return self._families(UsageSnapshot())
