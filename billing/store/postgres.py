@@ -28,6 +28,7 @@ from billing.meters import Aggregate, Meter, merge
 from billing.store import pg_aggregates, pg_customers, pg_events, pg_meters, pg_rollups
 from billing.store.base import (
     ROLLUP_BUCKETS,
+    AggregateDeltas,
     ApiKey,
     AppendResult,
     BatchFold,
@@ -170,7 +171,8 @@ class PostgresStore(PostgresLedger):
         self._remember_customers(created)
         for index in fresh:
             stored[index] = True
-        return AppendResult(tuple(stored), dict(batch.skipped), stamp)
+        deltas = AggregateDeltas(watermark, stamp, self._bucket_ms, batch.deltas)
+        return AppendResult(tuple(stored), dict(batch.skipped), stamp, deltas)
 
     async def _insert_fresh(self, conn: Connection, events: Sequence[UsageEvent],
                             firsts: Mapping[str, int], first_seq: int, stamp: int) -> list[int]:

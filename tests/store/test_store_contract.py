@@ -157,6 +157,22 @@ async def test_skipped_events_are_counted_per_meter_and_reason(store: Store) -> 
     assert (await store.append([event("a", n="x")], 2)).skipped == {}  # a duplicate: not again
 
 
+async def test_an_append_reports_the_aggregate_deltas_it_committed(store: Store) -> None:
+    first = await store.append([event("a", n=2, ts=10), event("b", "c2", "api.call", ts=1500)], 7)
+    second = await store.append([event("c", n=3, ts=20), event("a", n=9)], 9)  # a: stored
+    assert first.deltas is not None and second.deltas is not None
+    assert (first.deltas.after_ms, first.deltas.stamp_ms) == (0, 7)
+    assert (second.deltas.after_ms, second.deltas.stamp_ms) == (7, 9)  # follows the first
+    assert second.deltas.bucket_ms == BUCKET
+    assert {m: dict(cells) for m, cells in second.deltas.by_meter.items()} == {
+        "tokens_sum": {("c1", 0): Aggregate(1, Decimal(3), 20, 3)},
+        "tokens_max": {("c1", 0): Aggregate(1, Decimal(3), 20, 3)},
+        "tokens_last": {("c1", 0): Aggregate(1, Decimal(3), 20, 3)},
+    }
+    assert set(first.deltas.by_meter["calls"]) == {("c2", 1000)}
+    assert (await store.append([event("a", n=2)], 11)).deltas is None  # nothing stored
+
+
 async def test_unknown_customers_are_created_from_their_earliest_event(store: Store) -> None:
     await store.ensure_customer("old", now_ms=5)
     await store.append(
