@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from billing.events import UsageEvent
+from billing.events import UsageEvent, now_ms
 from billing.statement import StatementStatus
 from proxy.app import MeterProxy
 from proxy.config import load_config
@@ -229,3 +229,58 @@ async def test_statements_count_created_and_finalised(upstream: TestServer, tmp_
     created = got.value("meterproxy_statements_total", status="draft")
     assert created == stored["draft"] + stored["final"]
     assert got.value("meterproxy_statements_total", status="final") == stored["final"]
+
+
+MONTH = 2_678_400_000  # 31 days: from any instant, past the next month boundary
+
+
+async def shows_the_store(running: Running, cap: int) -> None:
+    """The scrape shows what folding a whole read of the store gives, totals and customers."""
+    got = await scrape(running)
+    mp = running.mp
+    whole = await mp.engine.open_usage(mp.clock())
+    expected = take_snapshot([m.name for m in mp.config.meters], whole, {}, cap)
+    assert {m: usage(got, m) for m, _ in expected.totals} == {
+        m: float(q) for m, q in expected.totals
+    }
+    for meter, _ in expected.totals:
+        assert customer_series(got, meter) == {
+            c: float(q) for m, c, q in expected.customers if m == meter
+        }
+
+
+async def test_every_scrape_shows_a_whole_read_through_traffic_rollover_and_restart(
+    upstream: TestServer, tmp_path: Path
+) -> None:
+    """Proxied and ingested events reach /metrics through the open-usage table, which then
+    agrees with a whole read of the store; also for customers it had never seen, after the
+    period rolled over and after a restart."""
+    path = config_file(tmp_path, upstream, CUSTOMER_LABELS)
+    path.write_text(path.read_text().replace("cycle: 30s", "cycle: monthly"))
+    clock = Clock(now_ms())  # proxy events carry the wall time: keep the clock near it
+
+    async def traffic(running: Running, calls: dict[str, int], ingested: str) -> None:
+        for customer, n in calls.items():
+            for _ in range(n):
+                async with running.session.get(
+                    running.proxy_url + "/v1/bytes/100", headers={"X-Customer-Id": customer}
+                ) as r:
+                    await r.read()
+        await ingest(running, {"event_id": f"{ingested}-{clock.now_ms}", "event_name": "api.call",
+                               "customer_id": ingested})
+        await running.flush()
+        clock.now_ms += 1001  # past the snapshot's second
+
+    async with meterproxy(path, clock) as running:
+        await shows_the_store(running, 2)
+        await traffic(running, {"acme": 3, "globex": 1}, "initech")
+        await shows_the_store(running, 2)
+        await traffic(running, {"acme": 1, "hooli": 4, "umbrella": 2}, "globex")
+        await shows_the_store(running, 2)
+        assert usage(await scrape(running), "api_calls") == 13
+    async with meterproxy(path, clock) as running:
+        await shows_the_store(running, 2)
+        clock.now_ms += MONTH
+        await store(running, "acme", clock.now_ms - 1, 2)
+        await shows_the_store(running, 2)
+        assert usage(await scrape(running), "api_calls") == 2
