@@ -6,12 +6,18 @@ the metadata codec, bucket arithmetic and `BatchFold`, which turns stored events
 per-(meter, customer, bucket) aggregate deltas.
 
 Aggregates come in two sizes: buckets of `bucket_ms` (every period boundary falls on one)
-and rollups of `ROLLUP_BUCKETS` buckets, so that a month reads ~30 rollups and the buckets
-at its ends instead of ~720 buckets. Both are updated in the same transaction.
+and rollups of `ROLLUP_BUCKETS` buckets (a "day"), so that a month reads ~30 rollups and the
+buckets at its ends instead of ~720 buckets. Rollups exist only for *sealed* days, those
+before a mark that moves once a day has ended SEAL_LAG_MS before an append's stamp
+(`sealed_until`): the hot path then writes one row per bucket, not two, and a day's rollup
+is written once, from its buckets; a late event into a sealed day updates both. Reads take
+rollup rows only below the mark (`plan_read`).
 
 Exceptions:
     StoreError      -- the store cannot do what was asked (disk full, read-only file, a newer
                        schema, ...); engines translate their driver errors into it.
+                       `is_transient` tells a store that may accept the same write later from
+                       a write that its data makes impossible.
       DuplicateKey  -- an API key id or key hash that is already stored.
 """
 
@@ -41,11 +47,54 @@ from billing.meters import (
 
 
 class StoreError(Exception):
-    """The store failed; the operation had no effect (its transaction was rolled back)."""
+    """The store failed; the operation had no effect (its transaction was rolled back).
+
+    `transient`: the engine knows the same write may succeed later (see `is_transient`).
+    """
+
+    def __init__(self, message: str = "", *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class DuplicateKey(StoreError):
     """An API key with this id or this hash is already stored."""
+
+
+# Which failures are the store's condition rather than the data's. SQLite primary result codes:
+# SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN.
+_SQLITE_TRANSIENT = frozenset({5, 6, 8, 10, 13, 14})
+# PostgreSQL SQLSTATEs: classes 08 (connection), 53 (insufficient resources: disk full, out of
+# memory, too many connections), 57 (operator intervention: shutdown, statement timeout),
+# 58 (system error: I/O); and read-only transaction, lock not available, serialization
+# failure, deadlock.
+_SQLSTATE_CLASSES = ("08", "53", "57", "58")
+_SQLSTATES = frozenset({"25006", "55P03", "40001", "40P01"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when `exc` (a StoreError, usually) says the store cannot write *now*: its disk is
+    full, its file or database is read-only, a lock is held, the connection was lost. The
+    same write may then succeed later, so a caller retries it. False for everything else,
+    which is a *data* error: the write itself is impossible (a constraint, a value the store
+    cannot hold) and retrying it unchanged fails again.
+
+    Read from the StoreError's own `transient` flag and from the driver error it was raised
+    from (an OSError; a sqlite3 error code; a PostgreSQL SQLSTATE), so every engine that
+    chains its driver error (`raise StoreError(...) from exc`) is classified alike.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if getattr(seen, "transient", False) is True or isinstance(seen, OSError):
+            return True
+        code = getattr(seen, "sqlite_errorcode", None)
+        if isinstance(code, int) and code & 0xFF in _SQLITE_TRANSIENT:
+            return True
+        state = getattr(seen, "sqlstate", None)
+        if isinstance(state, str) and (state[:2] in _SQLSTATE_CLASSES or state in _SQLSTATES):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 # ------------------------------------------------------------------------ values
@@ -262,7 +311,6 @@ def decode_metadata(text: str) -> dict[str, MetadataValue]:
 # ------------------------------------------------------------------ aggregates
 
 ROLLUP_BUCKETS = 24  # buckets per rollup row: a day of hourly buckets
-AggregateKey = tuple[str, int, int]  # (customer_id, start_ms, size_ms) of a bucket or rollup
 
 
 def bucket_start(ts_ms: int, bucket_ms: int) -> int:
@@ -298,26 +346,34 @@ class ReadPlan:
     rollups: tuple[int, int] | None
 
 
-def plan_read(start_ms: int, end_ms: int, bucket_ms: int) -> ReadPlan:
-    """The cheapest way to read [start_ms, end_ms): rollups inside, buckets, then raw."""
+def plan_read(
+    start_ms: int, end_ms: int, bucket_ms: int, sealed_until: int | None = None
+) -> ReadPlan:
+    """The cheapest way to read [start_ms, end_ms): rollups inside, buckets, then raw.
+
+    `sealed_until`: rollup rows exist only for days before it (None: for every day), so
+    rollups are read only there and the buckets of later days instead.
+    """
     outer = split_period(start_ms, end_ms, bucket_ms)
     if outer.buckets is None:
         return ReadPlan(outer.edges, None, None)
-    inner = split_period(*outer.buckets, bucket_ms * ROLLUP_BUCKETS)
-    return ReadPlan(outer.edges, outer.buckets, inner.buckets)
+    inner = split_period(*outer.buckets, bucket_ms * ROLLUP_BUCKETS).buckets
+    if inner is not None and sealed_until is not None:
+        inner = (inner[0], min(inner[1], sealed_until)) if inner[0] < sealed_until else None
+    return ReadPlan(outer.edges, outer.buckets, inner)
 
 
-def with_rollups(
-    kind: AggregationType, deltas: Mapping[tuple[str, int], Aggregate], bucket_ms: int
-) -> dict[AggregateKey, Aggregate]:
-    """Bucket deltas keyed (customer_id, bucket_start) as bucket and rollup row deltas."""
-    rollup_ms = bucket_ms * ROLLUP_BUCKETS
-    rows: dict[AggregateKey, Aggregate] = {}
-    for (customer_id, start), delta in deltas.items():
-        rows[(customer_id, start, bucket_ms)] = delta
-        key = (customer_id, bucket_start(start, rollup_ms), rollup_ms)
-        rows[key] = merged(kind, rows.get(key), delta)
-    return rows
+# A day is sealed (gets its rollup rows) this long after it ends, so that the usual late
+# events (ingest within its window, streams that ran past midnight) reach its buckets before
+# it has a rollup to update too.
+SEAL_LAG_MS = 2 * 3_600_000
+NOTHING_SEALED = -(2**63)  # the mark of a meter none of whose days is sealed
+
+
+def sealed_until(stamp_ms: int, bucket_ms: int) -> int:
+    """The end of the last day sealed once an append is stamped `stamp_ms`: the start of the
+    day that holds `stamp_ms - SEAL_LAG_MS`."""
+    return bucket_start(stamp_ms - SEAL_LAG_MS, bucket_ms * ROLLUP_BUCKETS)
 
 
 def merged(kind: AggregationType, acc: Aggregate | None, agg: Aggregate) -> Aggregate:

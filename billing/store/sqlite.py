@@ -11,6 +11,10 @@ aiosqlite connection has its own thread), which WAL lets read a consistent snaps
 writer commits. Another process (`meterproxy rebuild`) may open the same file: `busy_timeout`
 makes it wait for the write lock instead of failing.
 
+Rollups: an append writes bucket rows (and rollup rows of sealed days, for late events);
+the first append stamped past a day's seal (base.py `sealed_until`) then seals it, each
+meter in a transaction of its own after the append's (billing/store/sqlite_write.py).
+
 The billing tables (plan history, credits, statements) are `SqliteLedger`'s, a base class.
 The file must be a real path: ":memory:" would give the connections separate databases.
 """
@@ -29,6 +33,7 @@ from billing.events import Source, StoredEvent, UsageEvent, now_ms
 from billing.meters import Aggregate, Meter, merge
 from billing.store import sqlite_write
 from billing.store.base import (
+    NOTHING_SEALED,
     ROLLUP_BUCKETS,
     ApiKey,
     AppendResult,
@@ -41,6 +46,7 @@ from billing.store.base import (
     fold_rows,
     merged,
     plan_read,
+    sealed_until,
 )
 from billing.store.migrate import migrate
 from billing.store.sqlite_conn import aggregate_row as _aggregate
@@ -95,6 +101,8 @@ class SqliteStore(SqliteLedger):
         # Customers stored by earlier appends (none is ever deleted): an append inserts only
         # the others. Bounded: forgotten wholesale at _KNOWN_CUSTOMERS.
         self._known_customers: set[str] = set()
+        # The days this store has sealed every meter up to; until the first append, unknown.
+        self._sealed_until = NOTHING_SEALED
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -122,7 +130,10 @@ class SqliteStore(SqliteLedger):
 
     async def append(self, events: Sequence[UsageEvent], now_ms: int) -> AppendResult:
         """See `Store.append`: one transaction, run whole on the writer's thread
-        (billing/store/sqlite_write.py). Raises StoreError (nothing stored) when it fails."""
+        (billing/store/sqlite_write.py), then, when it stored any event, the days its stamp
+        seals, if any (`seal`).
+        Raises StoreError (nothing stored) when the append fails; a failed seal is logged
+        and tried again by the next append."""
         batch = BatchFold(self._meters.values(), self._bucket_ms)
         result, customers = await self._write(
             sqlite_write.append, batch, events, now_ms, self._known_customers
@@ -131,7 +142,24 @@ class SqliteStore(SqliteLedger):
         if len(self._known_customers) + len(customers) > _KNOWN_CUSTOMERS:
             self._known_customers.clear()
         self._known_customers.update(customers)
+        until = sealed_until(result.watermark, self._bucket_ms)
+        if any(result.stored) and until > self._sealed_until:
+            try:
+                await self.seal(until)
+            except StoreError as exc:
+                _log.warning("sealing the days before %d failed (tried again later): %s",
+                             until, exc)
         return result
+
+    async def seal(self, until_ms: int) -> None:
+        """Give every meter rollup rows for its days before `until_ms` (a day boundary) not
+        sealed yet, from their bucket rows: one transaction per meter, so that appends wait
+        for one meter's seal at most. Raises StoreError when a transaction fails (the
+        meters sealed before it stay sealed)."""
+        for meter in self._meters.values():
+            await self._write(sqlite_write.seal, meter.name, meter.aggregation,
+                              self._bucket_ms, until_ms)
+        self._sealed_until = max(self._sealed_until, until_ms)
 
     async def get_event(self, event_id: str) -> StoredEvent | None:
         """See `Store.get_event`."""
@@ -183,9 +211,9 @@ class SqliteStore(SqliteLedger):
         partial buckets at unaligned edges from the raw events of that sub-range, all from
         one snapshot."""
         meter = self._meter(meter_name)
-        plan = plan_read(start_ms, end_ms, self._bucket_ms)
         total: Aggregate | None = None
         async with self._snapshot() as conn:
+            plan = plan_read(start_ms, end_ms, self._bucket_ms, await _sealed(conn, meter_name))
             if plan.buckets is not None:
                 named = self._plan_params(plan) | {"meter": meter.name, "customer_id": customer_id}
                 for row in await conn.execute_fetchall(_CUSTOMER_AGGREGATES, named):
@@ -201,15 +229,17 @@ class SqliteStore(SqliteLedger):
     ) -> dict[str, Aggregate]:
         """See `Store.meter_quantities_by_customer`."""
         meter = self._meter(meter_name)
-        plan = plan_read(start_ms, end_ms, self._bucket_ms)
-        if plan.raw:
+        if plan_read(start_ms, end_ms, self._bucket_ms).raw:
             raise ValueError(f"[{start_ms}, {end_ms}) is not aligned to {self._bucket_ms} ms")
-        if plan.buckets is None:
-            return {}
-        params = self._plan_params(plan) | {"meter": meter.name}
         totals: dict[str, Aggregate] = {}
-        for row in await self._read(_ALL_CUSTOMER_AGGREGATES, params):
-            totals[row[0]] = merged(meter.aggregation, totals.get(row[0]), _aggregate(row[1:]))
+        async with self._snapshot() as conn:
+            plan = plan_read(start_ms, end_ms, self._bucket_ms, await _sealed(conn, meter_name))
+            if plan.buckets is None:
+                return {}
+            params = self._plan_params(plan) | {"meter": meter.name}
+            for row in await conn.execute_fetchall(_ALL_CUSTOMER_AGGREGATES, params):
+                totals[row[0]] = merged(meter.aggregation, totals.get(row[0]),
+                                        _aggregate(row[1:]))
         return totals
 
     def _plan_params(self, plan: ReadPlan) -> dict[str, int]:
@@ -351,6 +381,14 @@ async def _customer(conn: aiosqlite.Connection, customer_id: str) -> Customer:
         f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE id = ?", (customer_id,)
     )
     return Customer(*next(iter(rows)))
+
+
+async def _sealed(conn: aiosqlite.Connection, meter_name: str) -> int:
+    """The meter's `rollups_until` in the connection's snapshot."""
+    rows = await conn.execute_fetchall(
+        "SELECT rollups_until FROM meter_state WHERE meter = ?", (meter_name,)
+    )
+    return next((row[0] for row in rows), NOTHING_SEALED)
 
 
 async def _bump_key_version(conn: aiosqlite.Connection) -> None:

@@ -20,7 +20,7 @@ from billing.cycles import Period
 from billing.meters import Aggregate, AggregationType, Meter
 from billing.money import EXACT
 from billing.statement import ManualAdjustment, StatementStatus
-from billing.store.base import ROLLUP_BUCKETS, Customer, fold_rows, plan_read
+from billing.store.base import NOTHING_SEALED, ROLLUP_BUCKETS, Customer, fold_rows, plan_read
 from billing.store.ledger import (
     AccountData,
     Burn,
@@ -109,6 +109,7 @@ class SqliteLedgerSnapshot:
         self._conn = conn
         self._meters = meters
         self._bucket_ms = bucket_ms
+        self._sealed: dict[str, int] | None = None  # rollups_until per meter, read when needed
 
     async def _rows(self, sql: str, params: Any = ()) -> Iterable[Any]:
         return await self._conn.execute_fetchall(sql, params)
@@ -189,21 +190,35 @@ class SqliteLedgerSnapshot:
     ) -> dict[str, dict[str, Decimal]]:
         kinds = {name: self._meter(name) for name in meters}
         rows: dict[str, list[Sequence[Any]]] = {name: [] for name in meters}
-        plan = plan_read(period.start_ms, period.end_ms, self._bucket_ms)
         ids = json.dumps(list(customers))
-        if plan.buckets is not None:
-            rollup_start, rollup_end = plan.rollups or (0, 0)
-            params = {"customers": ids, "start": plan.buckets[0], "end": plan.buckets[1],
-                      "rollup_start": rollup_start, "rollup_end": rollup_end,
-                      "rollup_ms": self._bucket_ms * ROLLUP_BUCKETS,
-                      "bucket_ms": self._bucket_ms}
-            await self._planned(kinds, rows, params)
-        for start, end in plan.raw:  # the unaligned edges, from the raw events
-            for name, meter in kinds.items():
+        # Meters sealed up to the same day read their rows in the same queries (usually all).
+        sealed = await self._sealed_until()
+        by_mark: dict[int, dict[str, Meter]] = {}
+        for name, meter in kinds.items():
+            by_mark.setdefault(sealed.get(name, NOTHING_SEALED), {})[name] = meter
+        for mark, group in by_mark.items():
+            plan = plan_read(period.start_ms, period.end_ms, self._bucket_ms, mark)
+            if plan.buckets is not None:
+                first, end = plan.buckets
+                rollup_start, rollup_end = plan.rollups or (end, end)  # no rollup: none read
+                params = {"customers": ids, "start": first, "end": end,
+                          "rollup_start": rollup_start, "rollup_end": rollup_end,
+                          "rollup_ms": self._bucket_ms * ROLLUP_BUCKETS,
+                          "bucket_ms": self._bucket_ms}
+                await self._planned(group, rows, params)
+        for start, end in plan_read(period.start_ms, period.end_ms, self._bucket_ms).raw:
+            for name, meter in kinds.items():  # the unaligned edges, from the raw events
                 raw = await self._rows(_RAW_EDGE, (ids, meter.event_name, start, end))
                 rows[name].extend((c, agg.count, agg.value, agg.last_ts, agg.last_seq)
                                   for c, agg in _fold_by_customer(meter, raw).items())
         return {name: reduce_rows(kinds[name].aggregation, rows[name]) for name in meters}
+
+    async def _sealed_until(self) -> dict[str, int]:
+        """Each meter's rollups_until in this snapshot (read once)."""
+        if self._sealed is None:
+            self._sealed = {row[0]: row[1] for row in await self._rows(
+                "SELECT meter, rollups_until FROM meter_state")}
+        return self._sealed
 
     async def _planned(self, kinds: Mapping[str, Meter], rows: dict[str, list[Sequence[Any]]],
                        params: dict[str, Any]) -> None:

@@ -6,13 +6,18 @@ Python work (encoding metadata, folding) runs there, not on the event loop betwe
 SQLite merges the aggregate rows itself (`INSERT ... ON CONFLICT DO UPDATE`), so no row is
 read back before it is written: counts, `last` and sums and maxima of integers in SQL, other
 decimals through the exact functions `register_functions` adds to the connection.
+
+Rollup rows exist only for sealed days (billing/store/base.py): an append merges its deltas
+into bucket rows, and into rollup rows only for buckets of days its meter sealed already
+(late events). `seal` writes a day's rollup rows once, from its bucket rows, with the same
+merge: what reads get is the same whichever rows they take.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from decimal import Decimal
 
@@ -20,6 +25,7 @@ from billing.events import UsageEvent
 from billing.meters import AggregationType, Meter
 from billing.money import EXACT
 from billing.store.base import (
+    NOTHING_SEALED,
     ROLLUP_BUCKETS,
     AggregateDeltas,
     AppendResult,
@@ -61,16 +67,28 @@ _MERGED_VALUE: dict[AggregationType, str] = {
                ELSE mp_exact_max(value, excluded.value) END""",
     "last": f"CASE WHEN {_NEWER} THEN excluded.value ELSE value END",
 }
-_UPSERTS: dict[AggregationType, str] = {kind: f"""
+_INSERT_ROWS = """
     INSERT INTO meter_aggregates (meter, customer_id, bucket_start_ms, size_ms, count, value,
-                                  last_ts_ms, last_seq)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                                  last_ts_ms, last_seq)"""
+_MERGE_ON_CONFLICT = """
     ON CONFLICT (meter, customer_id, bucket_start_ms, size_ms) DO UPDATE SET
         count = count + excluded.count,
         value = {value},
-        last_ts_ms = CASE WHEN {_NEWER} THEN excluded.last_ts_ms ELSE last_ts_ms END,
-        last_seq = CASE WHEN {_NEWER} THEN excluded.last_seq ELSE last_seq END"""
-    for kind, value in _MERGED_VALUE.items()}
+        last_ts_ms = CASE WHEN {newer} THEN excluded.last_ts_ms ELSE last_ts_ms END,
+        last_seq = CASE WHEN {newer} THEN excluded.last_seq ELSE last_seq END"""
+_MERGES = {kind: _MERGE_ON_CONFLICT.format(value=value, newer=_NEWER)
+           for kind, value in _MERGED_VALUE.items()}
+_UPSERTS = {kind: f"{_INSERT_ROWS} VALUES (?, ?, ?, ?, ?, ?, ?, ?) {merge}"
+            for kind, merge in _MERGES.items()}
+# A meter's rollup rows of the days in [:since, :until), from its bucket rows, each merged in
+# as an append merges a delta. The day floors a negative start too (SQLite's % truncates).
+_DAY = "bucket_start_ms - ((bucket_start_ms % :rollup_ms) + :rollup_ms) % :rollup_ms"
+_SEALS = {kind: f"""{_INSERT_ROWS}
+    SELECT meter, customer_id, {_DAY}, :rollup_ms, count, value, last_ts_ms, last_seq
+    FROM meter_aggregates
+    WHERE meter = :meter AND size_ms = :bucket_ms
+        AND bucket_start_ms >= :since AND bucket_start_ms < :until {merge}"""
+    for kind, merge in _MERGES.items()}
 
 
 def register_functions(conn: sqlite3.Connection) -> None:
@@ -104,11 +122,16 @@ def append(
         return AppendResult(tuple(stored), {}, previous), []
     watermark = max(now_ms, previous + 1)
     customers = _insert(conn, batch, [events[i] for i in fresh], watermark, known_customers)
-    merge(conn, batch)
+    merge(conn, batch, sealed_marks(conn))
     for index in fresh:
         stored[index] = True
     deltas = AggregateDeltas(previous, watermark, batch.bucket_ms, batch.deltas)
     return AppendResult(tuple(stored), dict(batch.skipped), watermark, deltas), customers
+
+
+def sealed_marks(conn: sqlite3.Connection) -> dict[str, int]:
+    """Each built meter's `rollups_until`: the end of its last sealed day."""
+    return dict(conn.execute("SELECT meter, rollups_until FROM meter_state").fetchall())
 
 
 def _insert(
@@ -134,36 +157,59 @@ def _insert(
     return list(created)
 
 
-def merge(conn: sqlite3.Connection, batch: BatchFold) -> None:
-    """Merge the batch's deltas into their bucket rows and rollup rows, one upsert per row."""
+def merge(conn: sqlite3.Connection, batch: BatchFold, sealed: Mapping[str, int]) -> None:
+    """Merge the batch's deltas into their bucket rows, one upsert per row, and into the
+    rollup rows of the buckets in sealed days (before `sealed[meter]`: late events)."""
     bucket_ms = batch.bucket_ms
     rollup_ms = bucket_ms * ROLLUP_BUCKETS
     for name, tallies in batch.tallies.items():
         kind = batch.kinds[name]
+        until = sealed.get(name, NOTHING_SEALED)
         rows = []
         for (customer_id, start), tally in tallies.items():
             value = str(tally.count if kind == "count" else tally.value)
             count, last_ts, last_seq = tally.count, tally.last_ts, tally.last_seq
             rows.append((name, customer_id, start, bucket_ms, count, value, last_ts, last_seq))
-            rows.append((name, customer_id, start - start % rollup_ms, rollup_ms, count, value,
-                         last_ts, last_seq))
+            if start < until:
+                rows.append((name, customer_id, start - start % rollup_ms, rollup_ms, count,
+                             value, last_ts, last_seq))
         if rows:
             conn.executemany(_UPSERTS[kind], rows)
+
+
+def seal(conn: sqlite3.Connection, meter: str, kind: AggregationType, bucket_ms: int,
+         until_ms: int) -> bool:
+    """Seal the meter's days up to `until_ms` inside the caller's transaction: write their
+    rollup rows from their bucket rows and move its `rollups_until` there. False (nothing
+    done) when they are sealed already or the meter has no aggregates built."""
+    row = conn.execute("SELECT rollups_until FROM meter_state WHERE meter = ?",
+                       (meter,)).fetchone()
+    if row is None or row[0] >= until_ms:
+        return False
+    conn.execute(_SEALS[kind], {"meter": meter, "bucket_ms": bucket_ms, "since": row[0],
+                                "until": until_ms, "rollup_ms": bucket_ms * ROLLUP_BUCKETS})
+    conn.execute("UPDATE meter_state SET rollups_until = ? WHERE meter = ?", (until_ms, meter))
+    return True
 
 
 def rebuild(conn: sqlite3.Connection, meter: Meter, bucket_ms: int,
             state: tuple[str, str, int, int, int]) -> None:
     """Recompute one meter's aggregates from the raw events (read `REBUILD_BATCH` at a time)
-    and record `state`, its meter_state row, inside the caller's transaction."""
+    and record `state`, its meter_state row but the mark, inside the caller's transaction.
+    The days sealed before stay sealed (with the same bucket size; none with another)."""
+    was = conn.execute("SELECT bucket_ms, rollups_until FROM meter_state WHERE meter = ?",
+                       (meter.name,)).fetchone()
+    until = was[1] if was is not None and was[0] == bucket_ms else NOTHING_SEALED
     conn.execute("DELETE FROM meter_aggregates WHERE meter = ?", (meter.name,))
     after = 0
     while rows := conn.execute(_REBUILD_SCAN, (after, meter.event_name, REBUILD_BATCH)).fetchall():
         batch = BatchFold((meter,), bucket_ms)
         for seq, customer_id, ts_ms, metadata in rows:
             batch.add(customer_id, meter.event_name, ts_ms, seq, decode_metadata(metadata))
-        merge(conn, batch)
+        merge(conn, batch, {meter.name: until})
         after = rows[-1][0]
-    conn.execute("INSERT OR REPLACE INTO meter_state VALUES (?, ?, ?, ?, ?)", state)
+    conn.execute("INSERT OR REPLACE INTO meter_state (meter, fingerprint, bucket_ms, rollup_ms,"
+                 " built_at_ms, rollups_until) VALUES (?, ?, ?, ?, ?, ?)", (*state, until))
 
 
 def _scalar(conn: sqlite3.Connection, sql: str) -> int:

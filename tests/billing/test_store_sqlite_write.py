@@ -1,6 +1,7 @@
 """billing/store/sqlite_write.py: aggregate rows merged by SQLite (integers in SQL, other
 decimals through the exact functions) hold exactly what `fold` gives, digit for digit, for any
-batching; the customers an append skips inserting are only those already stored."""
+batching, rollup rows of sealed days included (late events too); the customers an append
+skips inserting are only those already stored."""
 
 from __future__ import annotations
 
@@ -19,7 +20,14 @@ from hypothesis import strategies as st
 
 from billing.events import MetadataValue, StoredEvent, UsageEvent
 from billing.meters import Aggregate, Meter, fold
-from billing.store.base import ROLLUP_BUCKETS, StoreError, bucket_start
+from billing.store.base import (
+    NOTHING_SEALED,
+    ROLLUP_BUCKETS,
+    SEAL_LAG_MS,
+    StoreError,
+    bucket_start,
+    sealed_until,
+)
 from tests.billing.test_store_sqlite import BUCKET, DAY, METERS, event, opened, rows
 
 # Integers at the 62- and 64-bit edges of SQLite's integer arithmetic, negative zero,
@@ -45,10 +53,10 @@ def amount_events(draw: st.DrawFn) -> UsageEvent:
 
 
 def expected_rows(
-    versions: Sequence[UsageEvent], stored: Sequence[StoredEvent]
+    versions: Sequence[UsageEvent], stored: Sequence[StoredEvent], sealed: int
 ) -> list[tuple[Any, ...]]:
-    """Every bucket and rollup row, computed with `fold` over the stored events in seq order,
-    each as the first of `versions` with its id."""
+    """Every bucket row, and the rollup row of every day before `sealed`, computed with
+    `fold` over the stored events in seq order, each as the first of `versions` with its id."""
     firsts = {e.event_id: e for e in reversed(versions)}
     spans: dict[tuple[str, str, int, int], Aggregate] = {}
     for s in sorted(stored, key=lambda s: s.seq):
@@ -58,8 +66,11 @@ def expected_rows(
             if not isinstance(value, Decimal):
                 continue
             for size in (BUCKET, BUCKET * ROLLUP_BUCKETS):
-                key = (m.name, e.customer_id, bucket_start(e.timestamp_ms, size), size)
-                spans[key] = fold(m.aggregation, spans.get(key), value, e.timestamp_ms, s.seq)
+                start = bucket_start(e.timestamp_ms, size)
+                if size == BUCKET or start < sealed:
+                    key = (m.name, e.customer_id, start, size)
+                    spans[key] = fold(m.aggregation, spans.get(key), value, e.timestamp_ms,
+                                      s.seq)
     return sorted((*key, agg.count, str(agg.value), agg.last_ts, agg.last_seq)
                   for key, agg in spans.items())
 
@@ -74,18 +85,23 @@ def numerically(found: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 
 
 async def check_rows(path: Path, batches: list[list[UsageEvent]]) -> None:
+    """Append the batches, the i-th stamped so that the days before day i - 1 are sealed
+    (later batches bring late events to sealed days), then compare every row with `fold`."""
     store = await opened(path)
     try:
+        sealed = NOTHING_SEALED
         for i, batch in enumerate(batches):
-            await store.append(batch, now_ms=i)
+            stamp = SEAL_LAG_MS + (i - 1) * DAY
+            if any((await store.append(batch, now_ms=stamp)).stored):
+                sealed = max(sealed, sealed_until(stamp, BUCKET))
         appended = [e for batch in batches for e in batch]
         stored = await store.list_events(limit=1000)
-        expected = expected_rows(appended, stored)
+        expected = expected_rows(appended, stored, sealed)
         assert stored_rows(path) == expected
         await store.rebuild_aggregates()
         # A rebuild reads the raw metadata, which keeps every digit but the sign of a zero
         # (JSON's -0 reads back as the int 0): equal numbers, and the digits of what it read.
-        assert stored_rows(path) == expected_rows([s.event for s in stored], stored)
+        assert stored_rows(path) == expected_rows([s.event for s in stored], stored, sealed)
         assert numerically(stored_rows(path)) == numerically(expected)
     finally:
         await store.close()

@@ -16,9 +16,9 @@ DAY = BUCKET * ROLLUP_BUCKETS  # one rollup row
 
 
 def sealing(day: int) -> int:
-    """An append stamp by which the days before `day` * DAY are sealed: PostgreSQL keeps
-    rollup rows only for days that ended SEAL_LAG_MS before a stamp (pg_rollups.py); SQLite
-    keeps them for every day, whatever the stamp."""
+    """An append stamp by which the days before `day` * DAY are sealed: both engines keep
+    rollup rows only for days that ended SEAL_LAG_MS before a stamp (pg_rollups.py,
+    base.sealed_until)."""
     return SEAL_LAG_MS + day * DAY
 
 
