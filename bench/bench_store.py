@@ -11,6 +11,9 @@ Prints:
 - the same for proxy flushes: the two events the reference rules emit per proxied request
   (api.call and bandwidth, one meter each), 10,000 customers, in flushes of 260 events (what
   50 ms of flush_interval hold at 2,600 requests/s);
+- the seal of a day: the time the writer waits once a day while the store writes a finished
+  day's rollup rows from its bucket rows, for a day in which each of 10,000 customers made a
+  proxied request every hour (the reference's two meters: 480,000 bucket rows);
 - read latency: `meter_aggregate` for one customer over a calendar month once the month
   holds 1M events across 1,000 customers, for a bucket-aligned period (aggregates only)
   and an unaligned one (partial buckets at both edges read from raw events).
@@ -39,6 +42,7 @@ from billing.store.sqlite import SqliteStore
 BATCH = 1_000
 PROXY_FLUSH = 260
 PROXY_CUSTOMERS = 10_000
+HOUR_MS = 3_600_000
 MONTH_START = int(datetime(2025, 3, 1, tzinfo=UTC).timestamp() * 1000)
 MONTH_END = int(datetime(2025, 4, 1, tzinfo=UTC).timestamp() * 1000)
 ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/images/generations", "/v1/models")
@@ -106,6 +110,31 @@ async def append_all(store: SqliteStore, work: list[list[UsageEvent]], label: st
           f"{total / seconds:,.0f} events/s, {cpu / total * 1e6:.1f} us CPU/event")
 
 
+def busy_day(rng: random.Random) -> list[list[UsageEvent]]:
+    """Every customer's request in every hour of the day from MONTH_START, as the reference
+    rules store it (api.call and bandwidth), in batches of BATCH events."""
+    events = []
+    for hour in range(24):
+        for customer in range(PROXY_CUSTOMERS):
+            ts = MONTH_START + hour * HOUR_MS + customer
+            for name, metadata in (("api.call", {"status": 200}),
+                                   ("bandwidth", {"bytes": rng.randrange(200, 90_000)})):
+                events.append(UsageEvent(new_proxy_event_id(), f"cus_{customer:05d}", name, ts,
+                                         metadata, "proxy"))
+    return [events[i:i + BATCH] for i in range(0, len(events), BATCH)]
+
+
+async def time_seal(store: SqliteStore, rng: random.Random) -> None:
+    """Fill one day, then time its seal (every meter's rollup rows from its bucket rows)."""
+    for batch in busy_day(rng):
+        await store.append(batch, batch[-1].timestamp_ms)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    await store.seal(MONTH_START + 24 * HOUR_MS)
+    print(f"seal of one day, {PROXY_CUSTOMERS:,} customers x 24 hours x 2 meters of bucket"
+          f" rows: {time.perf_counter() - started:.2f} s"
+          f" ({time.process_time() - cpu_started:.2f} s CPU)")
+
+
 async def latencies_ms(
     store: SqliteStore, customers: int, start: int, end: int, rng: random.Random
 ) -> list[float]:
@@ -139,6 +168,12 @@ async def main(events: int, customers: int, tz: ZoneInfo) -> None:
             await append_all(proxy, proxy_flushes(events // 20, rng), "proxy flushes")
         finally:
             await proxy.close()
+        day = SqliteStore(str(Path(tmp) / "day.db"), PROXY_METERS, size)
+        await day.open()
+        try:
+            await time_seal(day, rng)
+        finally:
+            await day.close()
         store = SqliteStore(str(Path(tmp) / "month.db"), METERS, size)
         await store.open()
         try:
