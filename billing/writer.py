@@ -9,14 +9,25 @@ events are queued, whichever comes first. A flush takes up to `max_batch` events
 commit each) and when a backlog of `max_flush` events has built up: the cost of a commit
 grows with the rows it touches, not with its events, so larger commits drain faster.
 
-When the store fails (disk full, read-only file) the flushed events stay in memory, the
-observer hears of every failure and the flush is retried with capped exponential backoff;
-the queue drains once the store accepts writes again. Meanwhile a queue that reaches
-`max_pending` applies `on_full`: "reject" raises StoreUnavailable (the proxy answers 503),
-"drop" drops and counts.
+When the store fails, the observer hears of every failed attempt and what happens next
+depends on the kind of failure (billing.store.base.is_transient):
+
+- transient (disk full, read-only file or database, a lock held, the connection lost): the
+  store may take the same events later. They stay in memory and the flush is retried with
+  capped exponential backoff; the queue drains once the store accepts writes again.
+  Meanwhile a queue that reaches `max_pending` applies `on_full`: "reject" raises
+  StoreUnavailable (the proxy answers 503), "drop" drops and counts.
+- anything else is a data error: some event of the flush can never be stored, and retrying
+  it as it is would stall every later event. The flush is retried once; failing again, it is
+  split in halves, each stored on its own, and a failing half split again, until the events
+  that fail alone are found. Those are rejected (logged with their event_id, counted with
+  outcome "rejected"), the others stored; a durable submitter of a rejected event gets
+  EventsRejected, the others their results.
 
 Exceptions:
     StoreUnavailable -- the writer takes no more events: the queue is full or it is closing.
+    EventsRejected   -- the store refused some of a durable submission's events for what
+                        they hold; its other events were stored.
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from billing.events import UsageEvent, now_ms
-from billing.store.base import AppendResult
+from billing.store.base import AppendResult, is_transient
 
 _log = logging.getLogger(__name__)
 
@@ -40,6 +51,17 @@ OutcomeCounts = Mapping[tuple[str, str, str], int]  # (event_name, source, outco
 
 class StoreUnavailable(Exception):
     """The writer cannot take these events: its queue is full or it is closing."""
+
+
+class EventsRejected(Exception):
+    """The store refused these events of a submission for what they hold (not for its own
+    condition): `event_ids` names them, `error` is the store's last refusal. The
+    submission's other events were stored."""
+
+    def __init__(self, event_ids: Sequence[str], error: Exception) -> None:
+        self.event_ids = tuple(event_ids)
+        self.error = error
+        super().__init__(f"the store refused event(s) {', '.join(self.event_ids)}: {error}")
 
 
 class Appender(Protocol):
@@ -83,6 +105,29 @@ class _Submission:
     events: Sequence[UsageEvent]
     future: asyncio.Future[AppendResult] | None  # set by submit_durable only
     queued_at: float  # event loop time
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """What storing a run of events came to: `result` flags every event (False for the
+    rejected ones too), `rejected` maps the index of each rejected event to its error."""
+
+    result: AppendResult
+    rejected: Mapping[int, Exception]
+
+    def then(self, later: _Stored) -> _Stored:
+        """This run followed by `later` as one."""
+        offset = len(self.result.stored)
+        skipped = Counter(self.result.skipped)
+        skipped.update(later.result.skipped)
+        result = AppendResult(self.result.stored + later.result.stored, skipped,
+                              max(self.result.watermark, later.result.watermark))
+        rejected = {**self.rejected, **{offset + i: e for i, e in later.rejected.items()}}
+        return _Stored(result, rejected)
+
+
+def _rejected_one(error: Exception) -> _Stored:
+    return _Stored(AppendResult((False,), {}, 0), {0: error})
 
 
 class EventWriter:
@@ -265,29 +310,73 @@ class EventWriter:
         return taken
 
     async def _flush(self, taken: list[_Submission]) -> None:
-        """Store one batch, retrying until it commits or close() gives up."""
+        """Store one batch, retrying until it commits (poison events set aside, see the
+        module docstring) or close() gives up."""
         events = [event for submission in taken for event in submission.events]
+        started = time.perf_counter()
+        done = await self._store_all(events)
+        if done is None:  # close() gave up
+            return
+        self._in_flight, self._in_flight_count = [], 0
+        self._observer.on_flush(len(events) - len(done.rejected), time.perf_counter() - started)
+        self._report(events, done)
+        _resolve(taken, done)
+
+    async def _store_all(self, events: Sequence[UsageEvent]) -> _Stored | None:
+        """Store the events, or all but those the store refuses alone; None when close()
+        gave up meanwhile."""
+        tried = await self._attempt(events, retry_data_error=True)
+        if isinstance(tried, Exception):
+            return await self._bisect(events, tried)
+        return tried
+
+    async def _bisect(self, events: Sequence[UsageEvent], error: Exception) -> _Stored | None:
+        """Store events that failed together with a data error half by half, down to the
+        single events that fail alone (rejected); None when close() gave up."""
+        if len(events) == 1:
+            return _rejected_one(error)
+        done: _Stored | None = None
+        middle = len(events) // 2
+        for half in (events[:middle], events[middle:]):
+            tried = await self._attempt(half, retry_data_error=False)
+            if isinstance(tried, Exception):
+                tried = await self._bisect(half, tried)
+            if tried is None:
+                return None
+            done = tried if done is None else done.then(tried)
+        return done
+
+    async def _attempt(
+        self, events: Sequence[UsageEvent], *, retry_data_error: bool
+    ) -> _Stored | Exception | None:
+        """One append of `events`, retried with backoff while the store fails transiently
+        (and once after a data error with `retry_data_error`): what it stored, the data
+        error that stopped it, or None when close() gave up."""
         delay = self._retry_initial_s
         while True:
-            started = time.perf_counter()
             try:
                 result = await self._store.append(events, self._clock())
-                break
             except Exception as exc:
-                self._on_error(exc, len(events), delay)
+                transient = is_transient(exc)
+                self._on_error(exc, len(events), delay, transient)
+                if not transient and not retry_data_error:
+                    return exc
+                retry_data_error = retry_data_error and transient
+            else:
+                self._failing = False
+                return _Stored(result, {})
             if await self._gave_up_within(delay):
-                return
+                return None
             delay = min(delay * 2, self._retry_max_s)
-        self._failing = False
-        self._in_flight, self._in_flight_count = [], 0
-        self._observer.on_flush(len(events), time.perf_counter() - started)
-        self._report(events, result)
-        _resolve(taken, result)
 
-    def _on_error(self, exc: Exception, count: int, delay: float) -> None:
-        self._failing = True
-        _log.warning("storing %d events failed (%s); retrying in %.2fs", count, exc, delay)
+    def _on_error(self, exc: Exception, count: int, delay: float, transient: bool) -> None:
         self._observer.on_flush_error(exc)
+        if transient:
+            self._failing = True
+            _log.warning("storing %d events failed (%s); retrying in %.2fs", count, exc, delay)
+        else:
+            _log.warning("storing %d events failed for what they hold (%s); retrying, then"
+                         " storing them in halves to find the events at fault", count, exc)
 
     async def _gave_up_within(self, delay_s: float) -> bool:
         """Sleep for the backoff delay; True (at once) if close() gives up meanwhile."""
@@ -298,13 +387,18 @@ class EventWriter:
             return False
         return True
 
-    def _report(self, events: Sequence[UsageEvent], result: AppendResult) -> None:
+    def _report(self, events: Sequence[UsageEvent], done: _Stored) -> None:
+        for index, error in done.rejected.items():
+            e = events[index]
+            _log.error("event %s (%s of customer %s) can never be stored, rejected: %s",
+                       e.event_id, e.event_name, e.customer_id, error)
         counts: Counter[tuple[str, str, str]] = Counter(
-            (e.event_name, e.source, "stored" if stored else "duplicate")
-            for e, stored in zip(events, result.stored, strict=True)
+            (e.event_name, e.source,
+             "rejected" if i in done.rejected else "stored" if stored else "duplicate")
+            for i, (e, stored) in enumerate(zip(events, done.result.stored, strict=True))
         )
         self._observer.on_stored(counts)
-        for (meter, reason), n in result.skipped.items():
+        for (meter, reason), n in done.result.skipped.items():
             self._observer.on_skipped(meter, reason, n)
 
     def _abandon_all(self) -> None:
@@ -322,11 +416,18 @@ def _outcomes(events: Sequence[UsageEvent], outcome: str) -> OutcomeCounts:
     return counts
 
 
-def _resolve(taken: list[_Submission], result: AppendResult) -> None:
-    """Give each durable submission its slice of the flush's result."""
+def _resolve(taken: list[_Submission], done: _Stored) -> None:
+    """Give each durable submission its slice of the flush's result, or EventsRejected when
+    the store refused any of its events."""
     offset = 0
     for submission in taken:
         end = offset + len(submission.events)
-        if submission.future is not None and not submission.future.done():
-            submission.future.set_result(result.part(offset, end))
+        future = submission.future
+        if future is not None and not future.done():
+            refused = [i for i in range(offset, end) if i in done.rejected]
+            if refused:
+                ids = [submission.events[i - offset].event_id for i in refused]
+                future.set_exception(EventsRejected(ids, done.rejected[refused[-1]]))
+            else:
+                future.set_result(done.result.part(offset, end))
         offset = end

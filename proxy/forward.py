@@ -19,7 +19,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from billing.events import UsageEvent
-from billing.writer import StoreUnavailable
+from billing.writer import EventsRejected, StoreUnavailable
 from proxy.errors import (
     BodyTooLarge,
     ProxyError,
@@ -378,9 +378,10 @@ class Forwarder:
         try:
             await state.writer.submit_durable(events)
             return True
-        except StoreUnavailable:
+        except (StoreUnavailable, EventsRejected) as exc:
             log.error(
-                "strict durability: store unavailable, cutting %s %s",
+                "strict durability: events not stored (%s), cutting %s %s",
+                exc,
                 x.method,
                 x.path,
                 extra=_lost(x, events),

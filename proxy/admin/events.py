@@ -9,7 +9,7 @@ from aiohttp import web
 
 from billing.events import StoredEvent, format_timestamp
 from billing.ingest import IngestWindow, InvalidBatch, decode_json, parse_batch
-from billing.writer import StoreUnavailable
+from billing.writer import EventsRejected, StoreUnavailable
 from proxy.admin.jsonout import json_response
 from proxy.admin.params import ApiError, bad_request, not_found, page, time_param
 
@@ -47,6 +47,9 @@ async def ingest(request: web.Request, mp: MeterProxy) -> web.Response:
         result = await mp.writer.submit_durable(events)
     except StoreUnavailable as exc:
         raise ApiError(503, "store_unavailable", str(exc)) from None
+    except EventsRejected as exc:
+        # The batch's other events are stored: re-sending it whole is safe (ids dedupe).
+        raise ApiError(422, "events_rejected", str(exc), event_ids=list(exc.event_ids)) from None
     return json_response({"ingested_count": result.stored_count})
 
 

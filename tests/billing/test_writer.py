@@ -61,7 +61,7 @@ class FlakyStore:
         await self.gate.wait()
         if self.failures:
             self.failures -= self.failures > 0
-            raise StoreError("database or disk is full")
+            raise StoreError("database or disk is full", transient=True)
         self.batches.append(len(events))
         return await self.store.append(events, now_ms)
 

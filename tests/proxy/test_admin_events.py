@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from typing import Any
 
 import pytest
@@ -227,6 +228,27 @@ async def test_text_no_store_can_hold_is_refused_and_ingest_goes_on(
         running, [{"event_id": "p2", "customer_id": "acme", "event_name": "x"}]
     )
     assert (status, result) == (200, {"ingested_count": 1})  # the writer is not stuck
+
+
+async def test_an_event_the_store_refuses_is_422_and_the_rest_are_stored(
+    running: Running,
+) -> None:
+    # A trigger makes SQLite refuse one event for what it holds, as a constraint would.
+    with sqlite3.connect(running.mp.config.storage.path) as conn:
+        conn.execute("CREATE TRIGGER poison BEFORE INSERT ON events"
+                     " WHEN NEW.event_id = 'bad' BEGIN SELECT RAISE(ABORT, 'poison'); END")
+    batch = [{"event_id": i, "customer_id": "acme", "event_name": "x"} for i in ("a", "bad", "b")]
+    status, body = await ingest(running, batch)
+    assert status == 422
+    assert body["error"]["code"] == "events_rejected"
+    assert body["error"]["event_ids"] == ["bad"]
+    assert "poison" in body["error"]["message"]
+    stored = await running.mp.store.list_events(limit=10)
+    assert sorted(s.event.event_id for s in stored) == ["a", "b"]
+    assert running.metric("meterproxy_events_total", event_name="__other__", source="api",
+                          outcome="rejected") == 1
+    status, body = await ingest(running, batch[:1] + batch[2:])  # re-sent without it
+    assert (status, body) == (200, {"ingested_count": 0})
 
 
 @pytest.mark.parametrize(

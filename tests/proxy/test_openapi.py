@@ -140,8 +140,9 @@ ERRORS: list[Row] = [
       for o in OPERATIONS if o.body is not None],
 ]
 # Codes no request can provoke while the store works: the tmpfs tests of readiness and of a
-# full disk (tests/reliability/test_store_full.py, test_admin_api.py) answer these.
-NEEDS_A_FAILING_STORE = {"store_unavailable", "store_rejecting", "draining"}
+# full disk (tests/reliability/test_store_full.py, test_admin_api.py) answer these, and a
+# store refusing an event (test_admin_events.py) events_rejected.
+NEEDS_A_FAILING_STORE = {"store_unavailable", "store_rejecting", "draining", "events_rejected"}
 
 
 def documented_codes(doc: dict[str, Any], method: str, path: str) -> dict[int, set[str]]:
