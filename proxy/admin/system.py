@@ -14,7 +14,9 @@ if TYPE_CHECKING:
 
 
 async def healthz(request: web.Request, mp: MeterProxy) -> web.Response:
-    """200 whenever the listener answers: it is opened only after the store."""
+    """200 whenever the listener answers. The listener opens once events have somewhere to
+    go: the store, or in fleet mode the local spool while PostgreSQL is unreachable (then
+    /readyz tells the rest)."""
     return json_response({"status": "ok"})
 
 
