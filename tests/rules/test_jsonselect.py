@@ -582,3 +582,68 @@ def test_a_long_event_stream_in_bounded_memory() -> None:
         tracemalloc.stop()
     assert results == {"usage.completion_tokens": found(20000)}
     assert peak < 200_000, peak
+
+
+# ------------------------------------------------ the event pre-filter never hides a value
+
+
+@pytest.mark.parametrize(
+    ("path", "event", "value"),
+    [
+        ("usage.n", b'{"\\u0075sage": {"\\u006e": 3}}', 3),  # keys written with escapes
+        ("usage.n", b'{"usage": {"\\u006E": 4}}', 4),
+        ("a/b", b'{"a\\/b": 5}', 5),
+        ("caf\u00e9.n", b'{"caf\\u00e9": {"n": 6}}', 6),
+        ("\u4e2d.n", b'{"\\u4e2d": {"n": 7}}', 7),
+        ('q"k', b'{"q\\u0022k": 8}', 8),
+    ],
+)
+def test_an_event_writing_keys_with_escapes_is_read(path: str, event: bytes, value: int) -> None:
+    line = b"data: " + event + b"\n\n"
+    later = b'data: {"text": "caf\\u00e9 \\u4e2d"}\n\n'  # escapes in text: parsed, no harm
+    for chunks in ([line, later], [b": hi\n\n", line]):
+        assert select([path], chunks, content_type=SSE) == {path: found(value)}
+
+
+_KEYS = ["usage", "n", "a/b", "caf\u00e9", "\u4e2d", "text", "0"]
+_DOCS = st.recursive(
+    st.none() | st.integers(-5, 5) | st.sampled_from(_KEYS),
+    lambda inner: (
+        st.dictionaries(st.sampled_from(_KEYS), inner, max_size=3) | st.lists(inner, max_size=2)
+    ),
+    max_leaves=8,
+)
+_SELECTED = ["usage.n", "usage", "a/b.n", "caf\u00e9", "\u4e2d.0", "0.n", "text"]
+
+
+def _walk(doc: Any, path: str) -> Any:
+    for key in path.split("."):
+        if isinstance(doc, dict):
+            doc = doc.get(key)
+        elif isinstance(doc, list) and key.isdigit() and int(key) < len(doc):
+            doc = doc[int(key)]
+        else:
+            return None
+    return doc
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    docs=st.lists(st.tuples(_DOCS, st.booleans(), st.booleans()), max_size=6),
+    paths=st.lists(st.sampled_from(_SELECTED), min_size=1, max_size=3),
+)
+def test_the_event_stream_tap_finds_what_parsing_every_event_finds(
+    docs: list[tuple[Any, bool, bool]], paths: list[str]
+) -> None:
+    """Each event written plainly or with every non-ASCII character (and "/") escaped."""
+    events = []
+    for doc, ascii_only, slashes in docs:
+        text = json.dumps(doc, ensure_ascii=ascii_only)
+        events.append(b"data: " + (text.replace("/", "\\/") if slashes else text).encode())
+    stream = b"\n\n".join(events) + b"\n\n"
+    expected = {}
+    for path in dict.fromkeys(paths):
+        values = [v for v in (_walk(doc, path) for doc, _, _ in docs) if v is not None]
+        expected[path] = found(values[-1]) if values else MISSING
+    assert select(paths, [stream], content_type=SSE) == expected
+    assert select(paths, [e + b"\n\n" for e in events], content_type=SSE) == expected

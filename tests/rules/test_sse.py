@@ -214,3 +214,90 @@ def test_a_long_comment_or_other_field_drops_nothing() -> None:
     stream = b": " + b"c" * 5000 + b"\nevent: " + b"e" * 5000 + b"\ndata: kept\n\n"
     chunks = [stream[i : i + 100] for i in range(0, len(stream), 100)]
     assert parse(chunks, limit=1000) == [SseEvent(b"kept", "message")]
+
+
+# ------------------------------------------------ the fast paths agree with the general one
+
+# Pieces of SSE text, some of them hostile: any concatenation of them is a stream.
+_PIECES = [
+    b"data: a",
+    b"data:b",
+    b'data: {"usage": 1}',
+    b"data",
+    b"event: e",
+    b"event:",
+    b": note",
+    b"id: 3",
+    b"\xef\xbb\xbf",
+    b"x" * 40,
+    b"\n",
+    b"\n\n",
+    b"\r",
+    b"\r\n",
+]
+
+
+class _LinesOnly(SseParser):
+    """The parser with its fast path turned off: the reference for it."""
+
+    def feed(self, chunk: bytes) -> list[SseEvent]:
+        return self._feed_lines(chunk)
+
+
+def _chunks(pieces: list[bytes], cuts: list[int]) -> list[bytes]:
+    stream = b"".join(pieces)
+    points = sorted({c % (len(stream) + 1) for c in cuts})
+    return [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pieces=st.lists(st.sampled_from(_PIECES), max_size=30),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=10),
+    limit=st.sampled_from([30, 10_000]),
+)
+def test_the_fast_path_gives_what_the_general_path_gives(
+    pieces: list[bytes], cuts: list[int], limit: int
+) -> None:
+    chunks = _chunks(pieces, cuts)
+    fast, reference = SseParser(limit), _LinesOnly(limit)
+    for chunk in chunks:
+        assert fast.feed(chunk) == reference.feed(chunk)
+    assert fast.finish() == reference.finish()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pieces=st.lists(st.sampled_from(_PIECES), max_size=30),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=10),
+    limit=st.sampled_from([30, 10_000]),
+)
+def test_a_chunk_of_whole_events_can_be_passed_over(
+    pieces: list[bytes], cuts: list[int], limit: int
+) -> None:
+    """Skipping the chunks `whole_events` accepts loses their events and nothing else."""
+    everything, skipping = SseParser(limit), SseParser(limit)
+    kept: list[SseEvent] = []
+    got: list[SseEvent] = []
+    for chunk in _chunks(pieces, cuts):
+        whole = everything.whole_events(chunk)
+        assert skipping.whole_events(chunk) == whole
+        events = everything.feed(chunk)
+        if whole:
+            assert not any(event.oversized for event in events)
+        else:
+            kept += events
+            got += skipping.feed(chunk)
+    assert got + skipping.finish() == kept + everything.finish()
+
+
+def test_whole_events_needs_a_chunk_ending_an_event_between_events() -> None:
+    parser = SseParser(100)
+    assert not parser.whole_events(b"data: a\n\n")  # the first chunk may start with a BOM
+    parser.feed(b"data: a\n\n")
+    assert parser.whole_events(b"data: b\n\nevent: x\ndata: c\n\n")
+    assert not parser.whole_events(b"data: b\n")
+    assert not parser.whole_events(b"data: b\r\n\r\n")
+    assert not parser.whole_events(b"data: " + b"b" * 100 + b"\n\n")  # may be oversized
+    parser.feed(b"data: b\n")
+    assert not parser.whole_events(b"\n\n")  # an event is pending
