@@ -4,6 +4,9 @@ Order: warm-up, throughput (32 and 256 connections), one-client latency, SSE, th
 of meterproxy up to 1M requests (profiled by py-spy meanwhile) with its RSS before and
 after, 1 GB each way through bare and meterproxy, ingest, and the billing slot. The soak
 gets whatever time the others leave within the run's budget, and says how far it got.
+
+A plan may name only some phases (`PHASES`), to iterate on one figure in minutes; `floor`
+(meterproxy without rules beside the reference one) runs only when named.
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ import asyncio
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from bench import billing_slot, calls, ingest, memory, pyspy, sse
+from bench import billing_slot, calls, floor, ingest, memory, pyspy, sse
 from bench.fleet import ADMIN_TOKEN, Fleet, start_fleet
 from bench.loadgen import CUSTOMERS, LoadGenerator, pick_generator
 from bench.processes import Processes, cpu_split, rss_bytes
@@ -26,6 +29,11 @@ MAX_GROWTH_MB = 50
 MIN_INGEST_PER_S = 100_000
 PROFILE_CONNECTIONS = memory.SOAK_CONNECTIONS
 TOP_FRAMES = 15
+# What a run can measure; `make bench` runs DEFAULT_PHASES (all but the floor).
+PHASES = (
+    "throughput", "latency", "sse", "soak", "profile", "streams", "ingest", "billing", "floor",
+)  # fmt: skip
+DEFAULT_PHASES = frozenset(PHASES) - {"floor"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,21 @@ class Plan:
     reserve_s: float  # kept for the phases after the soak
     sse_events: int = 1000
     sse_interval_us: int = 1000
+    phases: frozenset[str] = DEFAULT_PHASES
+
+    def only(self, phases: frozenset[str], rounds: int | None = None) -> Plan:
+        """This plan restricted to `phases` (ValueError naming an unknown one), with
+        `rounds` interleaved rounds instead of its own when given."""
+        unknown = sorted(phases - set(PHASES))
+        if unknown:
+            raise ValueError(f"unknown phase(s) {', '.join(unknown)}; known: {', '.join(PHASES)}")
+        return replace(
+            self,
+            name=f"{self.name}, only {', '.join(p for p in PHASES if p in phases)}",
+            phases=phases,
+            rounds=rounds or self.rounds,
+            sse_rounds=rounds or self.sse_rounds,
+        )
 
 
 FULL = Plan("full", 3, 4, 3, 1_000_000, 1_000_000_000, 200, 15, 300, 590, 55)
@@ -71,7 +94,7 @@ async def run(plan: Plan, output: Path) -> str:
         processes = Processes(Path(tmp))
         try:
             fleet = await start_fleet(processes, Path(tmp))
-            outcome = await _measure(plan, fleet, load, started)
+            outcome = await _measure(plan, fleet, load, started, processes, Path(tmp))
         finally:
             processes.stop_all()
     report = _report(plan, outcome, load.name, fleet.nginx, time.monotonic() - started)
@@ -79,24 +102,42 @@ async def run(plan: Plan, output: Path) -> str:
     return report
 
 
-async def _measure(plan: Plan, fleet: Fleet, load: LoadGenerator, started: float) -> Outcome:
+async def _measure(
+    plan: Plan,
+    fleet: Fleet,
+    load: LoadGenerator,
+    started: float,
+    processes: Processes,
+    workdir: Path,
+) -> Outcome:
     out = Outcome()
+    wanted = plan.phases
     if fleet.nginx == "not installed":
         out.notes.append("nginx: not installed (`make bench-deps`); its column is empty")
     await _warm_up(plan, fleet, load, out)
     rss_start = rss_bytes(fleet.target("meterproxy").pid)
     await _http(plan, fleet, load, out)
-    await _sse(plan, fleet, out)
-    budget = plan.budget_s - plan.reserve_s - (time.monotonic() - started)
-    await _soak(plan, fleet, load, out, rss_start, budget)
-    await _streams(plan, fleet, out)
-    ingested = await _ingest(plan, fleet, out)
-    events = 2 * out.served + ingested  # each soak request stores api.call and bandwidth
-    out.rows.extend(
-        await billing_slot.rows(
-            fleet.admin_url, ADMIN_TOKEN, billing_slot.sample_customers(plan.previews), events
+    if "sse" in wanted:
+        await _sse(plan, fleet, out)
+    if "floor" in wanted:
+        out.rows.extend(
+            await floor.rows(plan.rounds, plan.seconds, fleet, load, processes, workdir)
         )
-    )
+    budget = plan.budget_s - plan.reserve_s - (time.monotonic() - started)
+    if "soak" in wanted:
+        await _soak(plan, fleet, load, out, rss_start, budget)
+    elif "profile" in wanted:
+        out.profile = await _profile_alone(plan, fleet, load)
+    if "streams" in wanted:
+        await _streams(plan, fleet, out)
+    ingested = await _ingest(plan, fleet, out) if "ingest" in wanted else 0
+    if "billing" in wanted:
+        events = 2 * out.served + ingested  # each soak request stores api.call and bandwidth
+        out.rows.extend(
+            await billing_slot.rows(
+                fleet.admin_url, ADMIN_TOKEN, billing_slot.sample_customers(plan.previews), events
+            )
+        )
     return out
 
 
@@ -111,11 +152,13 @@ async def _warm_up(plan: Plan, fleet: Fleet, load: LoadGenerator, out: Outcome) 
 
 
 async def _http(plan: Plan, fleet: Fleet, load: LoadGenerator, out: Outcome) -> None:
-    for connections in (32, 256):
+    for connections in (32, 256) if "throughput" in plan.phases else ():
         found = await calls.interleaved(load, fleet.targets, plan.rounds, connections, plan.seconds)
         out.rows.append(calls.throughput_row(connections, found))
         out.rows.append(calls.cpu_row(connections, found))
         _count(out, found, f"throughput at {connections} connections")
+    if "latency" not in plan.phases:
+        return
     found = await calls.interleaved(load, fleet.targets, plan.rounds, 1, plan.seconds)
     out.rows.extend(calls.latency_rows(found))
     _count(out, found, "latency at 1 connection")
@@ -163,6 +206,17 @@ async def _soak(
             verdict=verdict(growth < MAX_GROWTH_MB) if judged else "-",
         )
     )
+
+
+async def _profile_alone(plan: Plan, fleet: Fleet, load: LoadGenerator) -> str:
+    """Profile meterproxy under the soak's load for plan.profile_s, without the soak."""
+    target = fleet.target("meterproxy")
+    url = target.url + calls.PATH
+    _, section = await asyncio.gather(
+        load.run(url, PROFILE_CONNECTIONS, plan.profile_s + 2),
+        _profile(plan, target.pid, load.name),
+    )
+    return section
 
 
 async def _profile(plan: Plan, pid: int, generator: str) -> str:

@@ -1,0 +1,110 @@
+"""The floor under meterproxy's figures: what proxying costs without the rules' work.
+
+Two more meterproxy processes run beside the reference one, on the same upstream and core:
+one without rules (identify, forward, metrics; no events) and one with the `egress` rule
+only (one event per request). Measured in interleaved rounds with bare and the reference
+meterproxy (two events per request), the differences of CPU per request give what the
+rules and their events cost, and what one more stored event costs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+from bench import calls
+from bench.fleet import CONFIG, PYTHON, START_SECONDS, Fleet, Target
+from bench.loadgen import LoadGenerator
+from bench.processes import Processes, cpu_split, free_port, wait_for_port
+from bench.report import Row
+from bench.stats import paired_differences, paired_ratios, spread
+
+CONNECTIONS = 32
+EGRESS_ONLY = """rules:
+  - name: egress
+    match: {path: /**, status: any}
+    event_name: bandwidth
+    metadata:
+      bytes: ${response.bytes}
+"""
+VARIANTS = {"no rules": "rules: []\n", "egress rule only": EGRESS_ONLY}
+# The rules section of the benchmark's configuration: from `rules:` to the meters' comment.
+_RULES = re.compile(r"^rules:\n.*?(?=^# Meters)", re.MULTILINE | re.DOTALL)
+
+
+def variant_config(rules: str) -> str:
+    """The benchmark's configuration with its rules section replaced by `rules`."""
+    text = CONFIG.read_text()
+    replaced, n = _RULES.subn(lambda _: rules + "\n", text, count=1)
+    if n != 1:
+        raise ValueError(f"no rules section found in {CONFIG}")
+    return replaced
+
+
+async def start_variants(processes: Processes, workdir: Path, fleet: Fleet) -> list[Target]:
+    """Start one meterproxy per VARIANTS entry, pinned like the reference one."""
+    server_cpus, _ = cpu_split()
+    upstream = fleet.target("direct").url
+    targets = []
+    for i, (name, rules) in enumerate(VARIANTS.items()):
+        config = workdir / f"floor-{i}.yaml"
+        await asyncio.to_thread(config.write_text, variant_config(rules))
+        port, admin = free_port(), free_port()
+        env = {
+            "BENCH_UPSTREAM": upstream,
+            "BENCH_PROXY_LISTEN": f"127.0.0.1:{port}",
+            "BENCH_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+            "BENCH_DB": str(workdir / f"floor-{i}.db"),
+        }
+        args = [PYTHON, "-m", "proxy.cli", "run", "-c", str(config)]
+        process = processes.start(f"floor-{i}", args, server_cpus, env)
+        for listening in (port, admin):
+            await wait_for_port(listening, process, START_SECONDS)
+        targets.append(Target(name, f"http://127.0.0.1:{port}", process.pid))
+    return targets
+
+
+async def rows(
+    rounds: int,
+    seconds: float,
+    fleet: Fleet,
+    load: LoadGenerator,
+    processes: Processes,
+    workdir: Path,
+) -> list[Row]:
+    """Throughput and CPU per request of each variant against bare, in the same rounds."""
+    variants = await start_variants(processes, workdir, fleet)
+    for target in variants:  # warm up: imports, pools, first SQLite pages
+        await load.run(target.url + calls.PATH, CONNECTIONS, seconds)
+    targets = [fleet.target("bare"), fleet.target("meterproxy"), *variants]
+    found = await calls.interleaved(load, targets, rounds, CONNECTIONS, seconds)
+    return summarise(found, [t.name for t in variants])
+
+
+def summarise(found: calls.Results, variants: list[str]) -> list[Row]:
+    rps = {name: [r.load.rps for r in runs] for name, runs in found.items()}
+    cpu = {name: [r.cpu_us_per_request for r in runs] for name, runs in found.items()}
+    out = []
+    for name in ("meterproxy", *variants):
+        label = "reference rules (2 events)" if name == "meterproxy" else name
+        out.append(
+            Row(
+                figure=f"floor: meterproxy, {label}, {CONNECTIONS} connections: req/s;"
+                " CPU per request (us)",
+                bare=f"{spread(rps['bare']).render(0)}; {spread(cpu['bare']).render(0)}",
+                meterproxy=f"{spread(rps[name]).render(0)}; {spread(cpu[name]).render(0)}",
+                result=f"{paired_ratios(rps[name], rps['bare']).render(2)} x bare req/s;"
+                f" {paired_differences(cpu[name], cpu['bare']).render(0, signed=True)} us CPU",
+            )
+        )
+    rules_cost = paired_differences(cpu["meterproxy"], cpu[variants[0]])
+    one_event = paired_differences(cpu["meterproxy"], cpu[variants[1]])
+    out.append(
+        Row(
+            figure="floor: CPU per request of the reference rules and their 2 events;"
+            " of the api.call rule and its event (us)",
+            result=f"{rules_cost.render(0, signed=True)}; {one_event.render(0, signed=True)}",
+        )
+    )
+    return out
