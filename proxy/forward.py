@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -44,7 +45,13 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class RelayResponse(web.StreamResponse):
-    """A StreamResponse that adds no Content-Type or Server the upstream did not send."""
+    """A StreamResponse that adds no Content-Type or Server the upstream did not send.
+
+    Its headers wait in aiohttp's buffer until the first body write (one socket write
+    for headers and body), or until `_stream` is about to wait on the upstream.
+    """
+
+    _send_headers_immediately = False
 
     def __init__(self, status: int, reason: str | None, headers: Any, absent: tuple[str, ...]):
         super().__init__(status=status, reason=reason, headers=headers)
@@ -259,13 +266,10 @@ class Forwarder:
             x.customer_id = identify_response(state.customers, upstream.headers)
         tap = self._response_tap(state, x, upstream)
         response = self._client_response(state, upstream, timing)
-        try:
-            await response.prepare(request)
-        except ConnectionError:
-            x.aborted = True
-            await self._drain(state, x, upstream, tap, timing)
-            return response
-        await self._stream(state, request, x, upstream, response, tap, timing)
+        # Only builds the head: RelayResponse sends it with the first write.
+        writer = await response.prepare(request)
+        assert writer is not None  # a fresh response is never prepared already
+        await self._stream(state, request, x, upstream, _Relay(response, writer), tap, timing)
         return response
 
     def _response_tap(
@@ -299,7 +303,7 @@ class Forwarder:
         request: web.BaseRequest,
         x: Exchange,
         upstream: aiohttp.ClientResponse,
-        response: RelayResponse,
+        out: _Relay,
         tap: BodyTap | None,
         timing: _Timing,
     ) -> None:
@@ -308,6 +312,10 @@ class Forwarder:
         held: bytes | None = None
         strict = state.settings.durability == "strict"
         while True:
+            # The upstream makes us wait: the client gets the head now, not later.
+            waiting = out.head_pending and not _buffered(content, x.response_bytes)
+            if waiting and not await self._write(state, x, upstream, out, tap, b"", timing):
+                return
             began = time.perf_counter()
             try:
                 chunk = await content.readany()
@@ -329,36 +337,42 @@ class Forwarder:
                 if previous is None:
                     continue
                 chunk = previous
-            if not await self._write(state, x, upstream, response, tap, chunk, timing):
+            # A body that ended with this chunk goes out with the end of the response: a
+            # small response costs one socket write (head, body and chunked terminator).
+            last = held is None and content.at_eof()
+            if not await self._write(state, x, upstream, out, tap, chunk, timing, last=last):
+                return
+            if last:
+                self._finish_tap(x, tap, complete=True)
                 return
         self._finish_tap(x, tap, complete=True)
         if strict and not await self._commit(state, request, x, timing):
             return
-        if held is not None and not await self._write(
-            state, x, upstream, response, tap, held, timing
-        ):
-            return
-        await self._write_eof(state, x, response, timing)
+        await self._write(state, x, upstream, out, tap, held or b"", timing, last=True)
 
     async def _write(
         self,
         state: ProxyState,
         x: Exchange,
         upstream: aiohttp.ClientResponse,
-        response: RelayResponse,
+        out: _Relay,
         tap: BodyTap | None,
         chunk: bytes,
         timing: _Timing,
+        *,
+        last: bool = False,
     ) -> bool:
-        """Write one chunk; False when the client is gone (then drain the upstream)."""
+        """Write one chunk (b"": the head alone), with the end of the response when
+        `last`; False when the client is gone (then drain the upstream)."""
         began = time.perf_counter()
         try:
-            await response.write(chunk)
+            await out.write(chunk, last)
             return True
         except ConnectionError:
             x.response_bytes -= len(chunk)
             x.aborted = True
-            await self._drain(state, x, upstream, tap, timing)
+            if not last or chunk:
+                await self._drain(state, x, upstream, tap, timing)
             return False
         finally:
             timing.waiting += time.perf_counter() - began
@@ -389,17 +403,6 @@ class Forwarder:
             x.aborted = True
             _abort_client(request)
             return False
-        finally:
-            timing.waiting += time.perf_counter() - began
-
-    async def _write_eof(
-        self, state: ProxyState, x: Exchange, response: RelayResponse, timing: _Timing
-    ) -> None:
-        began = time.perf_counter()
-        try:
-            await response.write_eof()
-        except ConnectionError:
-            x.aborted = True
         finally:
             timing.waiting += time.perf_counter() - began
 
@@ -524,6 +527,34 @@ class Forwarder:
                 later if first else "",
                 extra={"rule": rule, "field": key, "reason": reason, "customer": x.customer_id},
             )
+
+
+class _Relay:
+    """The client's response as `_stream` writes it: head, chunks, end."""
+
+    __slots__ = ("head_pending", "response", "writer")
+
+    def __init__(self, response: RelayResponse, writer: AbstractStreamWriter) -> None:
+        self.response = response
+        self.writer = writer
+        self.head_pending = True  # the head is still in aiohttp's buffer
+
+    async def write(self, chunk: bytes, last: bool) -> None:
+        """Send `chunk` (with the head if still pending); `last` ends the response.
+        ConnectionError when the client is gone."""
+        if last:
+            await self.response.write_eof(chunk)
+        elif chunk:
+            await self.response.write(chunk)
+        else:
+            self.writer.send_headers()
+        self.head_pending = False
+
+
+def _buffered(content: aiohttp.StreamReader, consumed: int) -> bool:
+    """Whether reading `content` now returns without waiting: bytes beyond the
+    `consumed` ones arrived, or its end did."""
+    return content.total_bytes > consumed or content.is_eof()
 
 
 class _RequestBody:
