@@ -46,41 +46,53 @@ class StoredEvent:
 # ------------------------------------------------------------------ event ids
 
 
+# The first hex digit of a UUID's variant field: 0b10 then two random bits.
+_VARIANT_DIGIT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+# Random hex digits fetched at once: 1,024 ids per os.urandom call, which releases the
+# GIL (an event-loop thread that lets go of it may wait a switch interval to get it back).
+_POOL_BYTES = 8192
+
+
 class _Uuid7:
-    """Time-ordered UUIDv7 strings; monotonic within a process even within one ms."""
+    """Time-ordered UUIDv7 strings; monotonic within a process even within one ms.
+
+    Layout: 48 bits of ms, version 7, a 12-bit counter within the ms, variant 0b10 and
+    62 random bits. The text is assembled from cached pieces (the ms part changes once a
+    millisecond; random hex digits come from a pool), not from a 128-bit integer.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._last_ms = 0
         self._counter = 0
-        self._pool = b""
+        self._head = ""  # "tttttttt-tttt-7" of _last_ms
+        self._pool = ""  # random hex digits, 16 per id
         self._used = 0
         os.register_at_fork(after_in_child=self._forget_pool)
 
     def _forget_pool(self) -> None:
-        self._pool, self._used = b"", 0
+        self._pool, self._used = "", 0
 
     def __call__(self) -> str:
         ms = time.time_ns() // 1_000_000
         with self._lock:
-            if ms <= self._last_ms:
-                ms = self._last_ms
+            if ms > self._last_ms:
+                self._set_ms(ms)
+            else:
                 self._counter += 1
                 if self._counter > 0xFFF:  # 4096 ids in one ms: borrow the next ms
-                    ms += 1
-                    self._counter = 0
-            else:
-                self._counter = 0
-            self._last_ms = ms
-            counter = self._counter
-            if self._used == len(self._pool):
-                self._pool, self._used = os.urandom(4096), 0
-            raw = self._pool[self._used : self._used + 8]
-            self._used += 8
-        rand = int.from_bytes(raw, "big") & 0x3FFF_FFFF_FFFF_FFFF
-        value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand
-        h = f"{value:032x}"
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+                    self._set_ms(self._last_ms + 1)
+            used = self._used
+            if used == len(self._pool):
+                self._pool, used = os.urandom(_POOL_BYTES).hex(), 0
+            self._used = used + 16
+            r = self._pool[used : used + 16]
+            return f"{self._head}{self._counter:03x}-{_VARIANT_DIGIT[r[0]]}{r[1:4]}-{r[4:]}"
+
+    def _set_ms(self, ms: int) -> None:
+        self._last_ms, self._counter = ms, 0
+        h = f"{ms:012x}"
+        self._head = f"{h[:8]}-{h[8:]}-7"
 
 
 uuid7 = _Uuid7()
