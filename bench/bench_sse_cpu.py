@@ -14,7 +14,11 @@ machine hits both alike); each sample is the meterproxy process's CPU time
 (/proc/PID/stat utime + stime, its SQLite threads included) over a batch of exchanges.
 The overhead is sse / plain - 1 per round, printed as the median and range of rounds.
 
-Run: .venv/bin/python -m bench.bench_sse_cpu [--rounds 7 --exchanges 16 --events 1000]
+`--before DIR` adds a third process, `sse-before`: the `sse` rules run by the packages
+(proxy, rules, billing) in DIR, e.g. a copy of the tree with the previous rules/*.py, so
+a change is measured against its baseline in the same rounds.
+
+Run: .venv/bin/python -m bench.bench_sse_cpu [--rounds 7 --exchanges 32 --events 1000]
 """
 
 from __future__ import annotations
@@ -41,6 +45,11 @@ EXAMPLES = ROOT / "examples" / "ai"
 ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
 PROVIDERS = ("openai", "anthropic")
 MODES = ("plain", "sse")
+BEFORE = "sse-before"
+# Runs meterproxy from the packages in the directory given as the first argument.
+_LAUNCH_FROM = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); from proxy.cli import main; sys.exit(main())"
+)
 SETTLE_SECONDS = 0.15  # > flush_interval: a sample's events are stored within it
 TARGET_PERCENT = 5.0
 
@@ -152,18 +161,24 @@ class Proxy:
     pid: int
 
 
-async def start_all(processes: Processes, workdir: Path) -> dict[str, Proxy]:
+def _meterproxy_args(mode: str, config: Path, before: Path | None) -> list[str]:
+    if mode == BEFORE and before is not None:
+        return [sys.executable, "-c", _LAUNCH_FROM, str(before), "run", "-c", str(config)]
+    return [sys.executable, "-m", "proxy.cli", "run", "-c", str(config)]
+
+
+async def start_all(processes: Processes, workdir: Path, plan: Plan) -> dict[str, Proxy]:
     """The upstream on the client CPUs, one meterproxy per mode on the server CPU."""
     server_cpus, client_cpus = cpu_split()
     port = free_port()
     upstream_args = [sys.executable, "-m", "bench.bench_sse_cpu", "--serve-upstream", str(port)]
     await wait_for_port(port, processes.start("upstream", upstream_args, client_cpus), 30)
     proxies = {}
-    for mode in MODES:
+    for mode in plan.modes:
         ports = (free_port(), free_port())
         config = workdir / f"{mode}.yaml"
-        write_config(config, mode == "sse", f"http://127.0.0.1:{port}", ports)
-        args = [sys.executable, "-m", "proxy.cli", "run", "-c", str(config)]
+        write_config(config, mode != "plain", f"http://127.0.0.1:{port}", ports)
+        args = _meterproxy_args(mode, config, plan.before)
         process = processes.start(mode, args, server_cpus)
         for listening in ports:
             await wait_for_port(listening, process, 30)
@@ -182,6 +197,11 @@ class Plan:
     events: int  # per stream
     interval_us: int
     concurrency: int
+    before: Path | None = None  # the tree that `sse-before` runs from
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return MODES if self.before is None else (*MODES, BEFORE)
 
 
 async def exchange(session: aiohttp.ClientSession, url: str, provider: str, plan: Plan) -> None:
@@ -215,13 +235,13 @@ async def measure(proxies: dict[str, Proxy], plan: Plan) -> dict[tuple[str, str]
     """Per (provider, mode), one CPU-per-exchange figure per round, after a warm-up."""
     found: dict[tuple[str, str], list[float]] = {}
     async with aiohttp.ClientSession() as session:
-        warm = Plan(1, plan.concurrency, plan.events, 0, plan.concurrency)
+        warm = Plan(1, plan.concurrency, plan.events, 0, plan.concurrency, plan.before)
         for provider in PROVIDERS:
             for proxy in proxies.values():
                 await sample(session, proxy, provider, warm)
         for i in range(plan.rounds):
             for provider in PROVIDERS:
-                for mode in MODES if i % 2 == 0 else MODES[::-1]:
+                for mode in plan.modes[i % 2 :] + plan.modes[: i % 2]:  # who goes first
                     cpu = await sample(session, proxies[mode], provider, plan)
                     found.setdefault((provider, mode), []).append(cpu)
     return found
@@ -244,13 +264,15 @@ async def stored_usage(proxy: Proxy, event_name: str) -> bool:
 # ------------------------------------------------------------------ report
 
 
-def overhead(found: dict[tuple[str, str], list[float]], provider: str) -> Spread | None:
-    """Per-round sse / plain - 1, in percent; None when a plain sample measured no CPU
+def overhead(
+    found: dict[tuple[str, str], list[float]], provider: str, mode: str = "sse"
+) -> Spread | None:
+    """Per-round mode / plain - 1, in percent; None when a plain sample measured no CPU
     (a run too small for the clock's 10 ms ticks)."""
     plain = found[provider, "plain"]
     if not all(plain):
         return None
-    ratios = paired_ratios(found[provider, "sse"], plain)
+    ratios = paired_ratios(found[provider, mode], plain)
     return Spread(*((r - 1) * 100 for r in (ratios.median, ratios.low, ratios.high)))
 
 
@@ -274,10 +296,25 @@ def report(found: dict[tuple[str, str], list[float]], plan: Plan, checks: dict[s
             f"  {provider}: SSE parsing CPU overhead "
             + (f"{cost.render(1, signed=True)} %" if cost else "n/a (too few ticks)"),
         ]
+        if plan.before is not None:
+            lines += _before_lines(found, provider)
     lines += [f"  {name}: usage found in stored events: {ok}" for name, ok in checks.items()]
     judged = "n/a" if worst is None else worst < TARGET_PERCENT
     lines.append(f"verdict: overhead < {TARGET_PERCENT:.0f} %: {judged}")
     return "\n".join(lines)
+
+
+def _before_lines(found: dict[tuple[str, str], list[float]], provider: str) -> list[str]:
+    cost = overhead(found, provider, BEFORE)
+    before = spread(found[provider, BEFORE])
+    ratio = "n/a (too few ticks)"
+    if all(found[provider, BEFORE]):
+        ratio = paired_ratios(found[provider, "sse"], found[provider, BEFORE]).render(3)
+    return [
+        f"  {provider}: sse-before {_ms(before)} ms, overhead "
+        + (f"{cost.render(1, signed=True)} %" if cost else "n/a (too few ticks)"),
+        f"  {provider}: CPU per exchange sse / sse-before {ratio}",
+    ]
 
 
 def _ms(values: Spread) -> str:
@@ -292,11 +329,11 @@ async def main(plan: Plan) -> str:
     with tempfile.TemporaryDirectory(prefix="bench-sse-cpu-") as tmp:
         processes = Processes(Path(tmp))
         try:
-            proxies = await start_all(processes, Path(tmp))
+            proxies = await start_all(processes, Path(tmp), plan)
             found = await measure(proxies, plan)
             checks = {
                 f"{mode}/{name}": await stored_usage(proxies[mode], name)
-                for mode in MODES
+                for mode in plan.modes
                 for name in ("openai.tokens", "anthropic.tokens")
             }
         finally:
@@ -307,10 +344,11 @@ async def main(plan: Plan) -> str:
 def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--exchanges", type=int, default=16, help="per sample")
+    parser.add_argument("--exchanges", type=int, default=32, help="per sample")
     parser.add_argument("--events", type=int, default=1000, help="per stream (at least 5)")
     parser.add_argument("--interval-us", type=int, default=100, help="between events")
     parser.add_argument("--concurrency", type=int, default=8, help="streams at a time")
+    parser.add_argument("--before", type=Path, metavar="DIR", help="also run this tree")
     parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -321,4 +359,4 @@ if __name__ == "__main__":
         asyncio.run(serve_upstream(args.serve_upstream))
     else:
         shape = (args.rounds, args.exchanges, args.events, args.interval_us, args.concurrency)
-        print(asyncio.run(main(Plan(*shape))))
+        print(asyncio.run(main(Plan(*shape, args.before))))

@@ -42,6 +42,7 @@ def test_the_streams_hold_the_usage_the_examples_read() -> None:
 
 def test_a_tiny_run_prints_every_figure() -> None:
     args = ["--rounds", "2", "--exchanges", "2", "--events", "6", "--concurrency", "2"]
+    args += ["--before", str(ROOT)]  # this very tree as the baseline: the lines are there
     run = subprocess.run(
         [sys.executable, "-m", "bench.bench_sse_cpu", *args],
         cwd=ROOT,
@@ -59,4 +60,7 @@ def test_a_tiny_run_prints_every_figure() -> None:
         assert re.search(rf"{provider}: SSE parsing CPU overhead (n/a|[+-]\S+)", out)
         assert f"sse/{provider}.tokens: usage found in stored events: True" in out
         assert f"plain/{provider}.tokens: usage found in stored events: False" in out
+        assert f"sse-before/{provider}.tokens: usage found in stored events: True" in out
+        assert re.search(rf"{provider}: sse-before {number} ms, overhead ", out)
+        assert re.search(rf"{provider}: CPU per exchange sse / sse-before (n/a|\d)", out)
     assert re.search(r"verdict: overhead < 5 %: (True|False|n/a)", out)
