@@ -86,8 +86,22 @@ def decode_json(body: bytes) -> Any:
         raise InvalidBatch([Issue(None, "body", f"not valid JSON: {exc}")]) from None
 
 
-def parse_batch(payload: Any, now_ms: int, window: IngestWindow) -> list[UsageEvent]:
-    """Validate a decoded request body; raise InvalidBatch naming every problem."""
+def storable_body(body: bytes) -> bool:
+    """True when no text `decode_json(body)` yields can be `unstorable`: the body is ASCII
+    without NUL bytes (so it is read as UTF-8) and without \\u escapes, the only way JSON
+    text spells NUL or a surrogate (raw control characters are not JSON). A byte scan, so
+    that a batch need not check each of its strings; False says nothing."""
+    return body.isascii() and b"\\u" not in body and b"\x00" not in body
+
+
+def parse_batch(
+    payload: Any, now_ms: int, window: IngestWindow, *, storable_text: bool = False
+) -> list[UsageEvent]:
+    """Validate a decoded request body; raise InvalidBatch naming every problem.
+
+    `storable_text`: the caller knows no string of the payload is `unstorable`
+    (`storable_body` of the body it was decoded from), so they are not checked one by one.
+    """
     if not isinstance(payload, dict) or not isinstance(payload.get("events"), list):
         raise InvalidBatch([Issue(None, "events", 'the body must be {"events": [...]}')])
     items = payload["events"]
@@ -98,11 +112,9 @@ def parse_batch(payload: Any, now_ms: int, window: IngestWindow) -> list[UsageEv
     issues: list[Issue] = []
     events = []
     seen: dict[str, int] = {}
-    low, high = now_ms - window.past_ms, now_ms + window.future_ms
+    fast = _FastPath(now_ms, window, storable_text)
     for index, item in enumerate(items):
-        event = _valid_event(item, now_ms, low, high) or _parse_event(
-            index, item, now_ms, window, issues
-        )
+        event = fast.event(item) or _parse_event(index, item, now_ms, window, issues)
         if event is None:
             continue
         first = seen.setdefault(event.event_id, index)
@@ -114,67 +126,90 @@ def parse_batch(payload: Any, now_ms: int, window: IngestWindow) -> list[UsageEv
     return events
 
 
-def _valid_event(item: Any, now_ms: int, low: int, high: int) -> UsageEvent | None:
-    """The fast path: the event if it is valid, else None (then `_parse_event` says why).
+# len(str(n)) <= MAX_VALUE_CHARS for an int n exactly when _INT_LOW < n < _INT_HIGH: compared,
+# not printed (printing a large int costs more than the rest of its event's checks).
+_INT_HIGH = 10**MAX_VALUE_CHARS
+_INT_LOW = -(10 ** (MAX_VALUE_CHARS - 1))
 
-    Accepts exactly what `_parse_event` accepts (a property test holds them together);
-    it only skips the bookkeeping that naming problems needs.
+
+class _FastPath:
+    """The fast path of one batch: `event(item)` is the event if it is valid, else None
+    (then `_parse_event` says why).
+
+    Accepts exactly what `_parse_event` accepts (a property test holds them together); it
+    only skips the bookkeeping that naming problems needs, the per-string storability checks
+    when the body was found free of such text, and the parse of a timestamp text already
+    seen in the batch (events of one batch often share one).
     """
-    if type(item) is not dict:
-        return None
-    event_id, customer_id, event_name = (
-        item.get("event_id"),
-        item.get("customer_id"),
-        item.get("event_name"),
-    )
-    if not (
-        type(event_id) is str
-        and 0 < len(event_id) <= MAX_EVENT_ID_CHARS
-        and not unstorable(event_id)
-        and not event_id.startswith(PROXY_ID_PREFIX)
-        and type(customer_id) is str
-        and _CUSTOMER_ID.match(customer_id)
-        and type(event_name) is str
-        and 0 < len(event_name) <= MAX_EVENT_NAME_CHARS
-        and not unstorable(event_name)
-    ):
-        return None
-    stamp = item.get("timestamp")
-    if stamp is None:
-        ts = now_ms
-    else:
+
+    def __init__(self, now_ms: int, window: IngestWindow, storable_text: bool) -> None:
+        self._now_ms = now_ms
+        self._low, self._high = now_ms - window.past_ms, now_ms + window.future_ms
+        self._check_text = not storable_text
+        self._stamps: dict[str, int | None] = {}
+
+    def event(self, item: Any) -> UsageEvent | None:
+        if type(item) is not dict:
+            return None
+        get = item.get
+        event_id, customer_id, event_name = get("event_id"), get("customer_id"), get("event_name")
+        if not (
+            type(event_id) is str
+            and 0 < len(event_id) <= MAX_EVENT_ID_CHARS
+            and not event_id.startswith(PROXY_ID_PREFIX)
+            and type(customer_id) is str
+            and _CUSTOMER_ID.match(customer_id)
+            and type(event_name) is str
+            and 0 < len(event_name) <= MAX_EVENT_NAME_CHARS
+            and not (self._check_text and (unstorable(event_id) or unstorable(event_name)))
+        ):
+            return None
+        stamp = get("timestamp")
+        ts = self._now_ms if stamp is None else self._timestamp(stamp)
+        if ts is None:
+            return None
+        metadata = get("metadata")
+        if metadata is None:
+            metadata = {}
+        elif type(metadata) is not dict or not self._plain(metadata):
+            return None
+        return UsageEvent(event_id, customer_id, event_name, ts, metadata, "api")
+
+    def _timestamp(self, stamp: Any) -> int | None:
+        """The timestamp text in ms if it is one and within the window, else None."""
         if type(stamp) is not str:
             return None
+        if stamp in self._stamps:
+            return self._stamps[stamp]
         try:
-            ts = parse_timestamp(stamp)
+            ts: int | None = parse_timestamp(stamp)
         except ValueError:
-            return None
-        if not low <= ts <= high:
-            return None
-    metadata = item.get("metadata")
-    if metadata is None:
-        metadata = {}
-    elif type(metadata) is not dict or not _plain_metadata(metadata):
-        return None
-    return UsageEvent(event_id, customer_id, event_name, ts, metadata, "api")
+            ts = None
+        if ts is not None and not self._low <= ts <= self._high:
+            ts = None
+        self._stamps[stamp] = ts
+        return ts
 
-
-def _plain_metadata(metadata: dict[str, Any]) -> bool:
-    if len(metadata) > MAX_METADATA_KEYS:
-        return False
-    for key, value in metadata.items():
-        if len(key) > MAX_KEY_CHARS or unstorable(key):
+    def _plain(self, metadata: dict[str, Any]) -> bool:
+        if len(metadata) > MAX_METADATA_KEYS:
             return False
-        kind = type(value)
-        if kind is str:
-            if len(value) > MAX_VALUE_CHARS or unstorable(value):
+        check_text = self._check_text
+        for key, value in metadata.items():
+            if len(key) > MAX_KEY_CHARS or (check_text and unstorable(key)):
                 return False
-        elif kind is int or kind is Decimal:
-            if len(str(value)) > MAX_VALUE_CHARS:
+            kind = type(value)
+            if kind is str:
+                if len(value) > MAX_VALUE_CHARS or (check_text and unstorable(value)):
+                    return False
+            elif kind is int:
+                if not _INT_LOW < value < _INT_HIGH:
+                    return False
+            elif kind is Decimal:
+                if len(str(value)) > MAX_VALUE_CHARS:
+                    return False
+            elif kind is not bool:
                 return False
-        elif kind is not bool:
-            return False
-    return True
+        return True
 
 
 def _parse_event(

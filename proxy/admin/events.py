@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from billing.events import StoredEvent, format_timestamp
-from billing.ingest import IngestWindow, InvalidBatch, decode_json, parse_batch
+from billing.ingest import IngestWindow, InvalidBatch, decode_json, parse_batch, storable_body
 from billing.writer import EventsRejected, StoreUnavailable
 from proxy.admin.jsonout import json_response
 from proxy.admin.params import ApiError, bad_request, not_found, page, time_param
@@ -37,7 +37,7 @@ async def ingest(request: web.Request, mp: MeterProxy) -> web.Response:
     now = mp.clock()
     window = IngestWindow(mp.config.billing.ingest_past_ms, mp.config.billing.ingest_future_ms)
     try:
-        events = parse_batch(decode_json(body), now, window)
+        events = parse_batch(decode_json(body), now, window, storable_text=storable_body(body))
     except InvalidBatch as exc:
         _count_rejected(mp, body)
         raise bad_request(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -14,10 +15,12 @@ from billing.ingest import (
     IngestWindow,
     InvalidBatch,
     Issue,
+    _FastPath,
     _parse_event,
-    _valid_event,
     decode_json,
     parse_batch,
+    storable_body,
+    unstorable,
 )
 
 NOW = parse_timestamp("2026-11-25T12:00:00Z")
@@ -202,6 +205,66 @@ _items = st.one_of(
 def test_the_fast_path_accepts_exactly_what_the_full_check_accepts(item: Any) -> None:
     issues: list[Issue] = []
     slow = _parse_event(0, item, NOW, WINDOW, issues)
-    fast = _valid_event(item, NOW, NOW - WINDOW.past_ms, NOW + WINDOW.future_ms)
+    fast = _FastPath(NOW, WINDOW, storable_text=False).event(item)
     assert fast == slow
     assert (slow is None) == bool(issues)
+
+
+def _strings(value: Any) -> list[str]:
+    """Every key and string value in a decoded JSON value."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (k, *_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+_json_bodies = st.one_of(
+    st.recursive(
+        st.one_of(st.text(), st.integers(), st.booleans(), st.none()),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+        max_leaves=8,
+    ).flatmap(
+        lambda v: st.sampled_from(
+            [
+                json.dumps(v).encode(),
+                json.dumps(v, ensure_ascii=False).encode("utf-8", "surrogatepass"),
+                json.dumps(v, ensure_ascii=False).encode("utf-16", "surrogatepass"),
+            ]
+        )
+    ),
+    st.binary(max_size=40),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(body=_json_bodies)
+def test_a_storable_body_decodes_to_storable_text_only(body: bytes) -> None:
+    if not storable_body(body):
+        return
+    try:
+        payload = decode_json(body)
+    except InvalidBatch:
+        return
+    assert not any(unstorable(s) for s in _strings(payload))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"events": [{"event_id": "a\\u0000"}]}',
+        '{"a": "\u00e9"}'.encode(),
+        b'{"a": "\x00"}',
+        '{"a": "\udc80"}'.encode("utf-8", "surrogatepass"),
+    ],
+)
+def test_bodies_that_may_hold_unstorable_text_are_not_storable(body: bytes) -> None:
+    assert not storable_body(body)
+
+
+def test_the_fast_path_remembers_a_timestamp_outside_the_window_as_invalid() -> None:
+    late = "2026-11-25T10:00:00Z"
+    payload = {"events": [event(event_id=f"e{i}", timestamp=late) for i in range(3)]}
+    assert issues_of(payload) == [(i, "timestamp") for i in range(3)]
