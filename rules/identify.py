@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal
 
@@ -44,21 +44,25 @@ class CustomersConfig:
     sources: tuple[Source, ...]
     unidentified: Literal["reject", "pass"]
     public_paths: tuple[PathGlob, ...]
+    # Derived once here: every request reads them.
+    api_key_headers: frozenset[str] = field(init=False, repr=False, compare=False)
+    """Headers that carry keys: removed before the request is forwarded."""
+    response_sources: tuple[SelectorSource, ...] = field(init=False, repr=False, compare=False)
+    """Sources read from the response (allowed only with `unidentified: pass`)."""
 
-    @property
-    def api_key_headers(self) -> frozenset[str]:
-        """Headers that carry keys: removed before the request is forwarded."""
-        return frozenset(s.header for s in self.sources if isinstance(s, ApiKeySource))
-
-    @property
-    def response_sources(self) -> tuple[SelectorSource, ...]:
-        return tuple(
+    def __post_init__(self) -> None:
+        keys = frozenset(s.header for s in self.sources if isinstance(s, ApiKeySource))
+        late = tuple(
             s
             for s in self.sources
             if isinstance(s, SelectorSource) and s.selector.phase != "request"
         )
+        object.__setattr__(self, "api_key_headers", keys)
+        object.__setattr__(self, "response_sources", late)
 
     def is_public(self, norm_path: str) -> bool:
+        if not self.public_paths:
+            return False
         return any(glob.match(norm_path) is not None for glob in self.public_paths)
 
 
