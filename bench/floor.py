@@ -4,7 +4,8 @@ Two more meterproxy processes run beside the reference one, on the same upstream
 one without rules (identify, forward, metrics; no events) and one with the `egress` rule
 only (one event per request). Measured in interleaved rounds with bare and the reference
 meterproxy (two events per request), the differences of CPU per request give what the
-rules and their events cost, and what one more stored event costs.
+rules and their events cost, and what one more stored event costs; one-client latency
+shows what the writer's flushes (on the proxy's core) add to the tail.
 """
 
 from __future__ import annotations
@@ -79,7 +80,30 @@ async def rows(
         await load.run(target.url + calls.PATH, CONNECTIONS, seconds)
     targets = [fleet.target("bare"), fleet.target("meterproxy"), *variants]
     found = await calls.interleaved(load, targets, rounds, CONNECTIONS, seconds)
-    return summarise(found, [t.name for t in variants])
+    one = await calls.interleaved(load, targets, rounds, 1, seconds)
+    names = [t.name for t in variants]
+    return [*summarise(found, names), *latency(one, names)]
+
+
+def latency(found: calls.Results, variants: list[str]) -> list[Row]:
+    """p50 and p99 at one connection of each variant, and what each adds over bare."""
+    out = []
+    for name in ("meterproxy", *variants):
+        label = "reference rules (2 events)" if name == "meterproxy" else name
+        p50 = [r.load.p50_us for r in found[name]]
+        p99 = [r.load.p99_us for r in found[name]]
+        bare50 = [r.load.p50_us for r in found["bare"]]
+        bare99 = [r.load.p99_us for r in found["bare"]]
+        out.append(
+            Row(
+                figure=f"floor: meterproxy, {label}, 1 connection: latency p50; p99 (us)",
+                bare=f"{spread(bare50).render(0)}; {spread(bare99).render(0)}",
+                meterproxy=f"{spread(p50).render(0)}; {spread(p99).render(0)}",
+                result=f"{paired_differences(p50, bare50).render(0, signed=True)} us;"
+                f" {paired_differences(p99, bare99).render(0, signed=True)} us",
+            )
+        )
+    return out
 
 
 def summarise(found: calls.Results, variants: list[str]) -> list[Row]:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.floor import VARIANTS, variant_config
+from bench.calls import Run
+from bench.floor import VARIANTS, latency, summarise, variant_config
+from bench.loadgen import LoadResult
 from bench.suite import DEFAULT_PHASES, FULL, QUICK
 from proxy.config import load_config
 
@@ -41,3 +43,25 @@ def test_floor_variants_differ_from_the_benchmark_config_in_rules_only(
     config = load_config(str(path))
     assert config.rules.names == rules
     assert len(config.meters) == 7 and config.plans
+
+
+def _runs(rps: float, cpu_us: float, p50: float, p99: float) -> list[Run]:
+    load = LoadResult(requests=int(rps), seconds=1.0, errors=0, p50_us=p50, p99_us=p99)
+    return [Run(load, cpu_s=cpu_us * rps / 1e6)] * 2
+
+
+def test_floor_rows_pair_each_variant_with_bare() -> None:
+    found = {
+        "bare": _runs(1000, 100, 200, 400),
+        "meterproxy": _runs(500, 250, 300, 2400),
+        "no rules": _runs(800, 130, 240, 500),
+        "egress rule only": _runs(600, 190, 260, 1400),
+    }
+    names = ["no rules", "egress rule only"]
+    rows = summarise(found, names) + latency(found, names)
+    results = [row.result for row in rows]
+    assert results[0] == "0.50 x bare req/s; +150 us CPU"
+    assert results[1] == "0.80 x bare req/s; +30 us CPU"
+    assert results[3] == "+120; +60"  # the rules and 2 events; the api.call rule and its event
+    assert results[4] == "+100 us; +2,000 us"
+    assert results[5] == "+40 us; +100 us"
