@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 from billing.meters import Aggregate, AggregationType, Tally
 from billing.store.base import ROLLUP_BUCKETS, ReadPlan, bucket_start, merged
-from billing.store.pg_aggregates import MERGED_LAST, MERGED_VALUE, DeltaRow
+from billing.store.pg_aggregates import MERGED_LAST, MERGED_VALUE, DeltaRow, value_text
 from billing.store.pg_connection import Connection
 
 # A day is sealed this long after it ends, so that the usual late events (ingest within its
@@ -58,12 +58,12 @@ def row_deltas(
     rollups: dict[tuple[str, int], Aggregate] = {}
     for (customer_id, start), t in tallies.items():
         rows.append((meter, customer_id, start, bucket_ms, t.count,
-                     t.count if counts else t.value, t.last_ts, t.last_seq))
+                     value_text(t.count if counts else t.value), t.last_ts, t.last_seq))
         if start < until_ms:  # a late event: its day has a rollup row to keep whole
             key = (customer_id, bucket_start(start, rollup_ms))
             rollups[key] = merged(kind, rollups.get(key), t.aggregate(kind))
-    rows.extend((meter, customer_id, start, rollup_ms, a.count, a.value, a.last_ts, a.last_seq)
-                for (customer_id, start), a in rollups.items())
+    rows.extend((meter, customer_id, start, rollup_ms, a.count, value_text(a.value), a.last_ts,
+                 a.last_seq) for (customer_id, start), a in rollups.items())
     return rows
 
 
