@@ -8,7 +8,8 @@ Prints, and writes to bench/results/store_pg.md, two tables of events/s for both
   rollups every few batches: a month passes in seconds);
 - ingest: `POST /events/ingest` with 1,000-event batches from 4 clients (bench/ingest.py)
   into `meterproxy run` with the benchmark configuration, pinned to one core, on an SQLite
-  file and then in fleet mode on PostgreSQL (one replica).
+  file and then in fleet mode on PostgreSQL (one replica); `python -m bench.ingest` measures
+  only this, over several rounds, optionally against another tree.
 PostgreSQL runs with its defaults (synchronous_commit on), SQLite with synchronous=FULL, as
 in production. Each PostgreSQL measurement uses a database created for it (dropped after) on
 the server of --admin-url (default: the local cluster, trust auth).
@@ -21,29 +22,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import platform
 import random
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
-
-import asyncpg  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)  # `python bench/x.py` puts bench/ first; the repository must be there
 
 from bench import ingest  # noqa: E402
 from bench.bench_store import BATCH, METERS, MONTH_END, MONTH_START, batches  # noqa: E402
-from bench.fleet import ADMIN_TOKEN, CONFIG, PYTHON  # noqa: E402
-from bench.processes import Processes, cpu_split, free_port, wait_for_port  # noqa: E402
 from billing.cycles import Cycle, bucket_ms  # noqa: E402
 from billing.events import UsageEvent  # noqa: E402
 from billing.store.base import Store  # noqa: E402
@@ -62,19 +57,6 @@ async def append_rate(store: Store, work: Workload) -> float:
     return sum(len(batch) for batch in work) / (time.perf_counter() - started)
 
 
-@asynccontextmanager
-async def scratch_database(admin_url: str) -> AsyncIterator[str]:
-    """The URL of a new database on the admin URL's server, dropped on exit."""
-    name = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-        yield urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
-    finally:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await admin.close()
-
-
 async def rates(make: Callable[[str], Store], work: dict[str, Workload]) -> dict[str, float]:
     """Each workload's append rate into a fresh store of its own."""
     found = {}
@@ -86,6 +68,10 @@ async def rates(make: Callable[[str], Store], work: dict[str, Workload]) -> dict
         finally:
             await store.close()
     return found
+
+
+def _postgres_store(url: str, size: int, label: str) -> Store:
+    return PostgresStore(url, METERS, size)
 
 
 async def append_rates(events: int, customers: int,
@@ -101,45 +87,19 @@ async def append_rates(events: int, customers: int,
         sqlite = await rates(
             lambda label: SqliteStore(str(Path(tmp) / f"{hash(label)}.db"), METERS, size), work
         )
-    postgres = {}
+    postgres: dict[str, float] = {}
     for label, batches_ in work.items():
-        async with scratch_database(admin_url) as url:
-            postgres |= await rates(lambda _, url=url: PostgresStore(url, METERS, size),
+        async with ingest.scratch_database(admin_url) as url:
+            postgres |= await rates(functools.partial(_postgres_store, url, size),
                                     {label: batches_})
     return {label: (sqlite[label], postgres[label]) for label in work}
 
 
-async def ingest_rate(workdir: Path, bodies: list[bytes], url: str | None) -> float:
-    """Events/s through `meterproxy run` (SQLite, or fleet mode on `url`), pinned like the
-    main benchmark: meterproxy alone on the first core, the clients on the others."""
-    text = CONFIG.read_text()
-    if url is not None:
-        text = text.replace("  flush_interval: 50ms", f"  url: {url}\n  flush_interval: 50ms")
-    config = workdir / f"meterproxy-{'pg' if url else 'sqlite'}.yaml"
-    config.write_text(text)
-    admin = free_port()
-    env = {"BENCH_PROXY_LISTEN": f"127.0.0.1:{free_port()}",
-           "BENCH_ADMIN_LISTEN": f"127.0.0.1:{admin}", "METERPROXY_ADMIN_TOKEN": ADMIN_TOKEN,
-           "BENCH_DB": str(workdir / f"{config.stem}.db")}
-    processes = Processes(workdir)
-    server_cpus, _ = cpu_split()
-    try:
-        process = processes.start(config.stem, [PYTHON, "-m", "proxy.cli", "run", "-c",
-                                                str(config)], server_cpus, env)
-        await wait_for_port(admin, process, 30.0)
-        done = await ingest.ingest(f"http://127.0.0.1:{admin}", ADMIN_TOKEN, bodies)
-    finally:
-        processes.stop_all()
-    return done.per_second
-
-
 async def ingest_rates(batches_: int, admin_url: str) -> tuple[float, float]:
     """(SQLite, PostgreSQL) ingest rates, each on fresh events."""
-    with tempfile.TemporaryDirectory() as tmp:
-        sqlite = await ingest_rate(Path(tmp), ingest.batch_bodies(batches_), None)
-        async with scratch_database(admin_url) as url:
-            postgres = await ingest_rate(Path(tmp), ingest.batch_bodies(batches_), url)
-    return sqlite, postgres
+    sqlite = await ingest.one_run("sqlite", batches_, None, admin_url)
+    postgres = await ingest.one_run("postgresql", batches_, None, admin_url)
+    return sqlite.ingested.per_second, postgres.ingested.per_second
 
 
 def report(events: int, appends: dict[str, tuple[float, float]], ingested: tuple[float, float],

@@ -1,23 +1,51 @@
 """`POST /events/ingest` throughput: events per second stored, 1,000-event batches from
 several concurrent clients. Bodies are encoded before the clock starts; each 200 arrives
-only once its events are durable, and the stored count comes from `ingested_count`."""
+only once its events are durable, and the stored count comes from `ingested_count`.
+
+`bench/run.py` calls `batch_bodies` and `ingest` against its own fleet. Run as a script, it
+measures both engines in one run: `meterproxy run` with the benchmark configuration, pinned
+alone to the first core (its SQLite writer thread included), on an SQLite file and in fleet
+mode on a PostgreSQL database created for each run (dropped after). Every run starts a
+fresh server on fresh events and reports events/s and the server's CPU time per event.
+With `--before TREE` (another checkout, e.g. `git worktree add /tmp/before HEAD~3`) each
+round also runs that tree's meterproxy, interleaved, and the ratios new/before are printed:
+on a shared machine only such ratios mean something.
+
+Run: .venv/bin/python -m bench.ingest [--batches 100] [--rounds 3] [--before TREE]
+     [--engines sqlite,postgresql] [--admin-url postgresql://postgres@127.0.0.1:5432/postgres]
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import statistics
+import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import asyncpg  # type: ignore[import-untyped]
 
+from bench.fleet import ADMIN_TOKEN, CONFIG, PYTHON
 from bench.loadgen import customer_id
+from bench.processes import Processes, cpu_seconds, cpu_split, free_port, wait_for_port
 from billing.events import format_timestamp, now_ms
 
 BATCH = 1_000
 CONCURRENCY = 4
+ROOT = Path(__file__).resolve().parent.parent
+ENGINES = ("sqlite", "postgresql")
+# Runs proxy.cli from the tree named by the first argument (`--before`), not this one.
+_FROM_TREE = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from proxy.cli import main;"
+              " sys.exit(main())")
 
 
 @dataclass(frozen=True)
@@ -80,3 +108,132 @@ async def _poster(
             if response.status != 200:
                 raise RuntimeError(f"ingest answered {response.status}: {answer[:300]}")
             stored[0] += int(json.loads(answer)["ingested_count"])
+
+
+# ------------------------------------------------------------- the script
+
+
+@dataclass(frozen=True)
+class Served:
+    """One run against a fresh `meterproxy run`: what was stored, and the server's CPU."""
+
+    ingested: Ingested
+    cpu_seconds: float
+
+    @property
+    def cpu_us_per_event(self) -> float:
+        return self.cpu_seconds / max(self.ingested.stored, 1) * 1e6
+
+
+@asynccontextmanager
+async def scratch_database(admin_url: str) -> AsyncIterator[str]:
+    """The URL of a new database on the admin URL's server, dropped on exit."""
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+        yield urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
+
+
+async def serve_and_ingest(
+    workdir: Path, bodies: list[bytes], url: str | None, tree: Path | None = None
+) -> Served:
+    """Post `bodies` to a new `meterproxy run` (from `tree`, default this one) on an SQLite
+    file, or in fleet mode on `url`, pinned alone to the first core, the clients on the
+    others; five warm-up batches first."""
+    name = f"meterproxy-{uuid.uuid4().hex[:8]}"
+    text = CONFIG.read_text()
+    if url is not None:
+        text = text.replace("  flush_interval: 50ms", f"  url: {url}\n  flush_interval: 50ms")
+    config = workdir / f"{name}.yaml"
+    config.write_text(text)
+    admin = free_port()
+    env = {"BENCH_PROXY_LISTEN": f"127.0.0.1:{free_port()}",
+           "BENCH_ADMIN_LISTEN": f"127.0.0.1:{admin}", "METERPROXY_ADMIN_TOKEN": ADMIN_TOKEN,
+           "BENCH_DB": str(workdir / f"{name}.db")}
+    command = [PYTHON, "-m", "proxy.cli"] if tree is None else [PYTHON, "-c", _FROM_TREE,
+                                                                 str(tree)]
+    processes = Processes(workdir)
+    try:
+        process = processes.start(name, [*command, "run", "-c", str(config)], cpu_split()[0],
+                                  env)
+        await wait_for_port(admin, process, 30.0)
+        admin_url = f"http://127.0.0.1:{admin}"
+        await ingest(admin_url, ADMIN_TOKEN, batch_bodies(5))
+        cpu_before = cpu_seconds(process.pid)
+        done = await ingest(admin_url, ADMIN_TOKEN, bodies)
+        return Served(done, cpu_seconds(process.pid) - cpu_before)
+    finally:
+        processes.stop_all()
+
+
+async def one_run(engine: str, batches: int, tree: Path | None, admin_url: str) -> Served:
+    """A run of `batches` fresh batches on `engine` (a scratch database for PostgreSQL)."""
+    bodies = batch_bodies(batches)
+    with tempfile.TemporaryDirectory() as tmp:
+        if engine == "sqlite":
+            return await serve_and_ingest(Path(tmp), bodies, None, tree)
+        async with scratch_database(admin_url) as url:
+            return await serve_and_ingest(Path(tmp), bodies, url, tree)
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    return (f"{format(statistics.median(values), fmt)} "
+            f"({format(min(values), fmt)}-{format(max(values), fmt)})")
+
+
+def summary(runs: dict[tuple[str, str], list[Served]], engines: list[str],
+            trees: list[str]) -> str:
+    """Markdown: per engine and tree, medians (ranges) of events/s and CPU per event, and
+    with two trees the per-round ratios of the second to the first."""
+    lines = [f"ingest, {BATCH:,}-event batches, {CONCURRENCY} clients, meterproxy pinned to one"
+             " core; median (range) over rounds", "",
+             "| engine | tree | events/s | CPU us/event | ratio events/s | ratio CPU/event |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for engine in engines:
+        first = runs[(engine, trees[0])]
+        for tree in trees:
+            mine = runs[(engine, tree)]
+            rates = [s.ingested.per_second for s in mine]
+            cpus = [s.cpu_us_per_event for s in mine]
+            rate_ratio = [a.ingested.per_second / b.ingested.per_second
+                          for a, b in zip(mine, first, strict=True)]
+            cpu_ratio = [a.cpu_us_per_event / b.cpu_us_per_event
+                         for a, b in zip(mine, first, strict=True)]
+            lines.append(f"| {engine} | {tree} | {_spread(rates, ',.0f')} | {_spread(cpus, '.1f')}"
+                         f" | {_spread(rate_ratio, '.2f')} | {_spread(cpu_ratio, '.2f')} |")
+    return "\n".join(lines) + "\n"
+
+
+async def main(batches: int, rounds: int, engines: list[str], before: Path | None,
+               admin_url: str) -> None:
+    trees: dict[str, Path | None] = {"this": None}
+    if before is not None:
+        trees = {"before": before, "this": None}
+    runs: dict[tuple[str, str], list[Served]] = {(e, t): [] for e in engines for t in trees}
+    for round_ in range(rounds):
+        order = list(trees) if round_ % 2 == 0 else list(reversed(trees))
+        for engine in engines:
+            for label in order:
+                served = await one_run(engine, batches, trees[label], admin_url)
+                runs[(engine, label)].append(served)
+                print(f"round {round_ + 1} {engine} {label}: "
+                      f"{served.ingested.per_second:,.0f} events/s, "
+                      f"{served.cpu_us_per_event:.1f} us CPU/event", flush=True)
+    print()
+    print(summary(runs, engines, list(trees)))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--before", type=Path, default=None)
+    parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    args = parser.parse_args()
+    asyncio.run(main(args.batches, args.rounds, args.engines.split(","), args.before,
+                     args.admin_url))

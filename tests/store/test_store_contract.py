@@ -146,6 +146,20 @@ async def test_a_failed_append_stores_nothing(store: Store) -> None:
     assert stored is not None and stored.seq == 2  # the failed append used up no seq
 
 
+async def test_a_failed_append_that_also_repeats_a_stored_id_stores_nothing(
+    store: Store,
+) -> None:
+    """An engine may try the insert first and look for stored ids only after a refusal (the
+    PostgreSQL one does): a refusal that a stored id does not explain is still an error."""
+    await store.append([event("before")], 10)
+    bad = UsageEvent("bad", "c9", "tokens", 0, {"n": 1}, "elsewhere")  # type: ignore[arg-type]
+    with pytest.raises(StoreError):
+        await store.append([event("before"), event("ok", customer="c9", n=5), bad], 20)
+    assert await store.get_event("ok") is None
+    assert await store.get_customer("c9") is None
+    assert await store.watermark() == 10
+
+
 async def test_skipped_events_are_counted_per_meter_and_reason(store: Store) -> None:
     result = await store.append(
         [event("a", n="x"), event("b"), event("c", n=2), event("d", n="x")], 1
