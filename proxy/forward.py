@@ -509,7 +509,9 @@ class Forwarder:
         if x.customer_id is None:
             return []
         return state.rules.events(
-            x, lambda rule, reason, key: self._rule_error(state, x, rule, reason, key)
+            x,
+            lambda rule, reason, key: self._rule_error(state, x, rule, reason, key),
+            matched=matched,
         )
 
     def _rule_error(self, state: ProxyState, x: Exchange, rule: str, reason: str, key: str) -> None:

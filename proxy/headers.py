@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable
-
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from rules.paths import HeaderGlob
@@ -85,22 +82,45 @@ def _set_forwarded(
 
 
 def client_response_headers(
-    headers: CIMultiDictProxy[str], strip: Iterable[HeaderGlob]
+    headers: CIMultiDictProxy[str], strip: tuple[HeaderGlob, ...]
 ) -> CIMultiDict[str]:
     """The upstream's headers as the client gets them: hop-by-hop and stripped removed."""
     tokens = connection_tokens(headers)
     skip = HOP_BY_HOP | tokens if tokens else HOP_BY_HOP
-    globs = tuple(strip)
+    stripped = _stripped_names(strip) if strip else None
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lower = name.lower()
-        if lower in skip or (globs and _stripped(lower, globs)):
+        if lower in skip:
             continue
+        if stripped is not None:
+            gone = stripped.get(lower)
+            if gone is None:
+                gone = _remember(stripped, lower, any(g.match(lower) for g in strip))
+            if gone:
+                continue
         out.add(name, value)
     return out
 
 
-@functools.lru_cache(maxsize=4096)
-def _stripped(lower_name: str, globs: tuple[HeaderGlob, ...]) -> bool:
-    # Header names repeat across responses: match each name against the globs once.
-    return any(g.match(lower_name) for g in globs)
+# Header names repeat across responses: each is matched against a configuration's globs
+# once. Memos by the identity of the globs tuple (a configuration keeps its tuple; a reload
+# brings a new one), so a request hashes no glob.
+_MEMOS: dict[int, tuple[tuple[HeaderGlob, ...], dict[str, bool]]] = {}
+_MAX_MEMOS = 8
+_MAX_NAMES = 4096
+
+
+def _stripped_names(globs: tuple[HeaderGlob, ...]) -> dict[str, bool]:
+    entry = _MEMOS.get(id(globs))
+    if entry is None or entry[0] is not globs:
+        if len(_MEMOS) >= _MAX_MEMOS:
+            _MEMOS.clear()
+        entry = _MEMOS[id(globs)] = (globs, {})
+    return entry[1]
+
+
+def _remember(memo: dict[str, bool], lower_name: str, stripped: bool) -> bool:
+    if len(memo) < _MAX_NAMES:  # bounded: a hostile upstream may invent names
+        memo[lower_name] = stripped
+    return stripped

@@ -77,14 +77,16 @@ class RuleSet:
         x: Exchange,
         on_error: Callable[[str, str, str], None],
         new_id: Callable[[], str] = new_proxy_event_id,
+        matched: list[tuple[Rule, dict[str, str]]] | None = None,
     ) -> list[UsageEvent]:
         """Build one event per matching rule. `on_error(rule, reason, key)` counts problems.
+        `matched`: what `self.matched(x)` returned, when the caller has it already.
 
         Never raises for a problem in one rule's values: that rule's event loses the key.
         """
         assert x.customer_id is not None
         events = []
-        for rule, params in self.matched(x):
+        for rule, params in self.matched(x) if matched is None else matched:
             metadata = _metadata(rule, x, params, on_error)
             events.append(
                 UsageEvent(
