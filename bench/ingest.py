@@ -12,7 +12,8 @@ round also runs that tree's meterproxy, interleaved, and the ratios new/before a
 on a shared machine only such ratios mean something.
 
 Run: .venv/bin/python -m bench.ingest [--batches 100] [--rounds 3] [--before TREE]
-     [--engines sqlite,postgresql] [--admin-url postgresql://postgres@127.0.0.1:5432/postgres]
+     [--engines sqlite,postgresql] [--all-cores]
+     [--admin-url postgresql://postgres@127.0.0.1:5432/postgres]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -139,11 +141,13 @@ async def scratch_database(admin_url: str) -> AsyncIterator[str]:
 
 
 async def serve_and_ingest(
-    workdir: Path, bodies: list[bytes], url: str | None, tree: Path | None = None
+    workdir: Path, bodies: list[bytes], url: str | None, tree: Path | None = None,
+    all_cores: bool = False,
 ) -> Served:
     """Post `bodies` to a new `meterproxy run` (from `tree`, default this one) on an SQLite
-    file, or in fleet mode on `url`, pinned alone to the first core, the clients on the
-    others; five warm-up batches first."""
+    file, or in fleet mode on `url`, pinned alone to the first core (the clients on the
+    others), or with `all_cores` free to use every core as the clients are; five warm-up
+    batches first."""
     name = f"meterproxy-{uuid.uuid4().hex[:8]}"
     text = CONFIG.read_text()
     if url is not None:
@@ -158,8 +162,8 @@ async def serve_and_ingest(
                                                                  str(tree)]
     processes = Processes(workdir)
     try:
-        process = processes.start(name, [*command, "run", "-c", str(config)], cpu_split()[0],
-                                  env)
+        cpus = frozenset(os.sched_getaffinity(0)) if all_cores else cpu_split()[0]
+        process = processes.start(name, [*command, "run", "-c", str(config)], cpus, env)
         await wait_for_port(admin, process, 30.0)
         admin_url = f"http://127.0.0.1:{admin}"
         await ingest(admin_url, ADMIN_TOKEN, batch_bodies(5))
@@ -170,14 +174,15 @@ async def serve_and_ingest(
         processes.stop_all()
 
 
-async def one_run(engine: str, batches: int, tree: Path | None, admin_url: str) -> Served:
+async def one_run(engine: str, batches: int, tree: Path | None, admin_url: str,
+                  all_cores: bool = False) -> Served:
     """A run of `batches` fresh batches on `engine` (a scratch database for PostgreSQL)."""
     bodies = batch_bodies(batches)
     with tempfile.TemporaryDirectory() as tmp:
         if engine == "sqlite":
-            return await serve_and_ingest(Path(tmp), bodies, None, tree)
+            return await serve_and_ingest(Path(tmp), bodies, None, tree, all_cores)
         async with scratch_database(admin_url) as url:
-            return await serve_and_ingest(Path(tmp), bodies, url, tree)
+            return await serve_and_ingest(Path(tmp), bodies, url, tree, all_cores)
 
 
 def _spread(values: list[float], fmt: str) -> str:
@@ -186,11 +191,11 @@ def _spread(values: list[float], fmt: str) -> str:
 
 
 def summary(runs: dict[tuple[str, str], list[Served]], engines: list[str],
-            trees: list[str]) -> str:
+            trees: list[str], cores: str = "one core") -> str:
     """Markdown: per engine and tree, medians (ranges) of events/s and CPU per event, and
     with two trees the per-round ratios of the second to the first."""
-    lines = [f"ingest, {BATCH:,}-event batches, {CONCURRENCY} clients, meterproxy pinned to one"
-             " core; median (range) over rounds", "",
+    lines = [f"ingest, {BATCH:,}-event batches, {CONCURRENCY} clients, meterproxy on {cores};"
+             " median (range) over rounds", "",
              "| engine | tree | events/s | CPU us/event | ratio events/s | ratio CPU/event |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]
     for engine in engines:
@@ -209,7 +214,7 @@ def summary(runs: dict[tuple[str, str], list[Served]], engines: list[str],
 
 
 async def main(batches: int, rounds: int, engines: list[str], before: Path | None,
-               admin_url: str) -> None:
+               admin_url: str, all_cores: bool) -> None:
     trees: dict[str, Path | None] = {"this": None}
     if before is not None:
         trees = {"before": before, "this": None}
@@ -218,13 +223,13 @@ async def main(batches: int, rounds: int, engines: list[str], before: Path | Non
         order = list(trees) if round_ % 2 == 0 else list(reversed(trees))
         for engine in engines:
             for label in order:
-                served = await one_run(engine, batches, trees[label], admin_url)
+                served = await one_run(engine, batches, trees[label], admin_url, all_cores)
                 runs[(engine, label)].append(served)
                 print(f"round {round_ + 1} {engine} {label}: "
                       f"{served.ingested.per_second:,.0f} events/s, "
                       f"{served.cpu_us_per_event:.1f} us CPU/event", flush=True)
     print()
-    print(summary(runs, engines, list(trees)))
+    print(summary(runs, engines, list(trees), "every core" if all_cores else "one core"))
 
 
 if __name__ == "__main__":
@@ -234,6 +239,8 @@ if __name__ == "__main__":
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--before", type=Path, default=None)
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--all-cores", action="store_true",
+                        help="let meterproxy use every core (default: the first one alone)")
     args = parser.parse_args()
     asyncio.run(main(args.batches, args.rounds, args.engines.split(","), args.before,
-                     args.admin_url))
+                     args.admin_url, args.all_cores))

@@ -47,6 +47,7 @@ def test_the_summary_gives_medians_ranges_and_ratios_to_the_first_tree() -> None
         ("sqlite", "this"): [served(200, 10), served(300, 10), served(150, 15)],
     }
     table = summary(runs, ["sqlite"], ["before", "this"])
+    assert "meterproxy on one core" in table
     rows = [line for line in table.splitlines() if line.startswith("| sqlite")]
     assert rows[0] == "| sqlite | before | 150 (100-200) | 20.0 (10.0-30.0) | 1.00 (1.00-1.00)" \
                       " | 1.00 (1.00-1.00) |"
