@@ -250,12 +250,16 @@ def _chunks(pieces: list[bytes], cuts: list[int]) -> list[bytes]:
     return [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
 
 
+# Streams of the pieces above, cut at any points, under a small and a large event limit.
+_CUT_STREAMS = {
+    "pieces": st.lists(st.sampled_from(_PIECES), max_size=30),
+    "cuts": st.lists(st.integers(min_value=0, max_value=400), max_size=10),
+    "limit": st.sampled_from([30, 10_000]),
+}
+
+
 @settings(max_examples=300, deadline=None)
-@given(
-    pieces=st.lists(st.sampled_from(_PIECES), max_size=30),
-    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=10),
-    limit=st.sampled_from([30, 10_000]),
-)
+@given(**_CUT_STREAMS)
 def test_the_fast_path_gives_what_the_general_path_gives(
     pieces: list[bytes], cuts: list[int], limit: int
 ) -> None:
@@ -267,11 +271,7 @@ def test_the_fast_path_gives_what_the_general_path_gives(
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    pieces=st.lists(st.sampled_from(_PIECES), max_size=30),
-    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=10),
-    limit=st.sampled_from([30, 10_000]),
-)
+@given(**_CUT_STREAMS)
 def test_a_chunk_of_whole_events_can_be_passed_over(
     pieces: list[bytes], cuts: list[int], limit: int
 ) -> None:
