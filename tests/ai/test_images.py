@@ -20,8 +20,7 @@ from proxy.config import Config, parse_config
 from tests.ai.conftest import CUSTOMER, Example, issue_key
 from tests.ai.upstream import AiUpstream
 from tests.conftest import ADMIN_TOKEN, StartProxy
-
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "meterproxy.yaml"
+from tests.reference import REFERENCE
 
 
 def reference_config(upstream: str, tmp_path: Path) -> Config:

@@ -8,8 +8,8 @@ import pytest
 
 from billing.settings import ConfigError
 from proxy.config import load_config, parse_config
+from tests.reference import REFERENCE
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "meterproxy.yaml"
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
 
 BASE = """\
