@@ -166,6 +166,9 @@ class _Path:
         return doc
 
 
+_ENDING = 8  # bytes of a key's JSON form (closing quote included) tested with `in` first
+
+
 class _Prefilter:
     """A cheap test that spares the JSON parse of events holding no selected path.
 
@@ -175,15 +178,19 @@ class _Prefilter:
     "\\u" escapes (or "\\/" for "/"): an event that has such escapes is always parsed.
     """
 
-    __slots__ = ("_escapes", "_keys")
+    __slots__ = ("_endings", "_escapes", "_keys")
 
     def __init__(self, paths: Sequence[_Path]) -> None:
+        self._endings: tuple[bytes, ...] = ()
         if not paths or not all(path.needles for path in paths):
             self._keys = None  # a path of list indexes only ("0") may be in any text
             self._escapes: tuple[bytes, ...] = ()
             return
         needles = {path.needles[-1] for path in paths}
         self._keys = re.compile(b"|".join(re.escape(needle) for needle in sorted(needles)))
+        # Keys often share their last bytes ("_tokens" in every usage key): a text without
+        # any of these endings holds no key, and `in` finds that faster than the pattern.
+        self._endings = tuple(sorted({needle[-_ENDING:] for needle in needles}))
         # An ASCII key can only be escaped as \u00XX: sparing "\u4e2d" in CJK text.
         ascii_only = all(needle.isascii() for needle in needles)
         self._escapes = (b"\\u00" if ascii_only else b"\\u",)
@@ -193,9 +200,14 @@ class _Prefilter:
     def may_hold(self, data: bytes) -> bool:
         """False when `data` surely holds no selected path; also when `data` is a run of
         events: their data is made of its lines, and no key or escape spans two lines."""
-        if self._keys is None or self._keys.search(data) is not None:
+        if self._keys is None:
             return True
-        return b"\\" in data and any(escape in data for escape in self._escapes)
+        if b"\\" in data and any(escape in data for escape in self._escapes):
+            return True
+        for ending in self._endings:
+            if ending in data:
+                return self._keys.search(data) is not None
+        return False
 
 
 @dataclass(frozen=True, slots=True)

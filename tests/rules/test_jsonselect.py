@@ -647,3 +647,18 @@ def test_the_event_stream_tap_finds_what_parsing_every_event_finds(
         expected[path] = found(values[-1]) if values else MISSING
     assert select(paths, [stream], content_type=SSE) == expected
     assert select(paths, [e + b"\n\n" for e in events], content_type=SSE) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "may_hold"),
+    [
+        (b'{"delta":{"text":"hi"}}', False),  # no key's ending: no pattern search at all
+        (b'{"other_tokens":1}', False),  # an ending, but no selected key
+        (b'{"usage":{"output_tokens":1}}', True),
+        (b'{"model":"m","id":"x"}', True),  # a key with another ending
+        (b'{"\\u006fdel":"m"}', True),  # an escaped key is never ruled out
+    ],
+)
+def test_the_prefilter_rules_out_only_texts_without_any_key(data: bytes, may_hold: bool) -> None:
+    prefilter = JsonPaths(["usage.output_tokens", "message.model"], 1_000)._prefilter
+    assert prefilter.may_hold(data) is may_hold
