@@ -151,19 +151,20 @@ def burn(units_to_cover: Decimal, balances: Sequence[Balance],
         burns.append(CreditBurn(grant.grant_id, grant.kind, grant.meter, take))
         applied = EXACT.add(applied, take)
     covered = min(units_to_cover, EXACT.multiply(applied, units_per_credit)) if burns else _ZERO
-    total = _sum(balance.remaining for balance in balances)
+    total = exact_total(balance.remaining for balance in balances)
     return Burned(applied, covered, EXACT.subtract(total, applied), tuple(burns))
 
 
 def rollover_out(policy: CreditPolicy, burns: Iterable[CreditBurn]) -> Decimal:
     """Credits the next period receives: `rollover_percent` of this period's unused
     per-cycle credits (rollover and granted credits never roll), not rounded."""
-    used = _sum(b.credits for b in burns if b.kind == "per_cycle")
+    used = exact_total(b.credits for b in burns if b.kind == "per_cycle")
     unused = EXACT.subtract(policy.per_cycle, used)
     return divide(EXACT.multiply(unused, policy.rollover_percent), _HUNDRED)
 
 
-def _sum(values: Iterable[Decimal]) -> Decimal:
+def exact_total(values: Iterable[Decimal]) -> Decimal:
+    """The sum of `values`, exact (EXACT: never rounded)."""
     total = _ZERO
     for value in values:
         total = EXACT.add(total, value)

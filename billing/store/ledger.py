@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from billing.credits import CreditGrant
+from billing.credits import CreditGrant, exact_total
 from billing.cycles import Period
 from billing.statement import ManualAdjustment, StatementStatus
 from billing.store.base import Customer, Store
@@ -276,3 +276,34 @@ class Ledger(Protocol):
 @runtime_checkable
 class LedgerStore(Store, Ledger, Protocol):
     """The whole store interface: events, aggregates, customers, keys and billing."""
+
+
+# --------------------------------------------------- what both engines' ledgers decide alike
+
+
+def cycle_definition(
+    latest: Mapping[str, CycleRecord], record: CycleRecord
+) -> tuple[str, str] | None:
+    """The (cycle, timezone) the plan of `record` has now; None for a plan no longer known."""
+    known = latest.get(record.plan)
+    return None if known is None else (known.cycle, known.timezone)
+
+
+def grant_fields(grant: CreditGrant) -> tuple[Any, ...]:
+    """What a retry must repeat (not created_at: a retry comes later)."""
+    return (grant.meter, grant.credits, grant.effective_at_ms, grant.expires_at_ms)
+
+
+def exact_sum(texts: Sequence[str]) -> Decimal:
+    """The exact sum of decimal texts (a grant's burns), never rounded."""
+    return exact_total(Decimal(text) for text in texts)
+
+
+def replaces(stored: tuple[StatementStatus, int] | None, statement: StatementWrite) -> bool:
+    """Whether `statement` is written over the stored (status, cutoff), as the upsert's WHERE
+    says: nothing stored, or a draft replaced by a final or by a draft at least as recent."""
+    if stored is None:
+        return True
+    status, cutoff = stored
+    return status == "draft" and (statement.head.status == "final"
+                                  or cutoff <= statement.head.cutoff_ms)

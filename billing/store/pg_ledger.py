@@ -17,7 +17,7 @@ with its session, server side, so nothing is half-written and the next run compl
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
@@ -25,7 +25,6 @@ from typing import Any
 from billing.credits import CreditGrant
 from billing.cycles import Period
 from billing.meters import Meter, quantity
-from billing.money import EXACT
 from billing.statement import ManualAdjustment, StatementStatus
 from billing.store import pg_meters
 from billing.store.base import Customer, StoreError, fold_rows
@@ -38,6 +37,10 @@ from billing.store.ledger import (
     StatementWrite,
     StoredStatement,
     WriteResult,
+    cycle_definition,
+    exact_sum,
+    grant_fields,
+    replaces,
 )
 from billing.store.pg_connection import Connection, PostgresDatabase
 from billing.store.pg_snapshot import PostgresLedgerSnapshot
@@ -105,7 +108,7 @@ class PostgresLedger(PostgresDatabase):
             await conn.execute("SELECT pg_advisory_xact_lock($1)", BILLING_LOCK)
             latest = {row[0]: CycleRecord(*row)
                       for row in await conn.fetch(f"{_CYCLES} ORDER BY plan, effective_from_ms")}
-            changed = [r for r in current if (r.cycle, r.timezone) != _definition(latest, r)]
+            changed = [r for r in current if (r.cycle, r.timezone) != cycle_definition(latest, r)]
             if changed:
                 await conn.executemany(
                     "INSERT INTO plan_cycles VALUES ($1, $2, $3, $4) ON CONFLICT (plan,"
@@ -160,7 +163,7 @@ class PostgresLedger(PostgresDatabase):
                 grant.effective_at_ms, grant.expires_at_ms, grant.created_at_ms,
             )
             stored = grant_from_row(await _one(conn, _GRANT, customer_id, grant.grant_id))
-        if _grant_fields(stored) != _grant_fields(grant):
+        if grant_fields(stored) != grant_fields(grant):
             raise Conflict(f"grant {grant.grant_id!r} exists with other fields")
         return stored, status == "INSERT 0 1"
 
@@ -174,7 +177,7 @@ class PostgresLedger(PostgresDatabase):
             " ORDER BY g.created_at_ms, g.grant_id",
             customer_id,
         )
-        return [GrantBalance(grant_from_row(row[:6]), _sum(row[6])) for row in rows]
+        return [GrantBalance(grant_from_row(row[:6]), exact_sum(row[6])) for row in rows]
 
     async def add_adjustment(
         self, customer_id: str, adjustment: ManualAdjustment
@@ -282,15 +285,6 @@ class PostgresLedger(PostgresDatabase):
 # ------------------------------------------------------------------- helpers
 
 
-def replaces(stored: tuple[StatementStatus, int] | None, statement: StatementWrite) -> bool:
-    """Whether `statement` is written over the stored (status, cutoff), as the upsert's WHERE
-    says: nothing stored, or a draft replaced by a final or by a draft at least as recent."""
-    if stored is None:
-        return True
-    status, cutoff = stored
-    return status == "draft" and (statement.head.status == "final"
-                                  or cutoff <= statement.head.cutoff_ms)
-
 
 async def _write(conn: Connection, statements: Sequence[StatementWrite]) -> None:
     """Upsert the statements with their burns and the manual adjustments they take."""
@@ -349,18 +343,3 @@ async def _one(conn: Connection, sql: str, *args: Any) -> Sequence[Any]:
     return row
 
 
-def _definition(latest: Mapping[str, CycleRecord], record: CycleRecord) -> tuple[str, str] | None:
-    known = latest.get(record.plan)
-    return None if known is None else (known.cycle, known.timezone)
-
-
-def _grant_fields(grant: CreditGrant) -> tuple[Any, ...]:
-    """What a retry must repeat (not created_at: a retry comes later)."""
-    return (grant.meter, grant.credits, grant.effective_at_ms, grant.expires_at_ms)
-
-
-def _sum(texts: Sequence[str]) -> Decimal:
-    total = Decimal(0)
-    for text in texts:
-        total = EXACT.add(total, Decimal(text))
-    return total

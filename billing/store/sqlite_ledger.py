@@ -8,7 +8,7 @@ go through `billing_snapshot()` on the billing reader (billing/store/sqlite_snap
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
@@ -29,6 +29,10 @@ from billing.store.ledger import (
     StatementWrite,
     StoredStatement,
     WriteResult,
+    cycle_definition,
+    exact_sum,
+    grant_fields,
+    replaces,
 )
 from billing.store.sqlite_conn import SqliteFile
 from billing.store.sqlite_snapshot import (
@@ -84,7 +88,7 @@ class SqliteLedger(SqliteFile):
                 " ORDER BY plan, effective_from_ms"
             ):
                 latest[row[0]] = CycleRecord(*row)
-            changed = [r for r in current if (r.cycle, r.timezone) != _definition(latest, r)]
+            changed = [r for r in current if (r.cycle, r.timezone) != cycle_definition(latest, r)]
             await conn.executemany(
                 "INSERT OR REPLACE INTO plan_cycles VALUES (?, ?, ?, ?)",
                 [(r.plan, r.effective_from_ms, r.cycle, r.timezone) for r in changed],
@@ -145,7 +149,7 @@ class SqliteLedger(SqliteFile):
                 (customer_id, grant.grant_id),
             )
         stored = grant_from_row(next(iter(rows)))
-        if _grant_fields(stored) != _grant_fields(grant):
+        if grant_fields(stored) != grant_fields(grant):
             raise Conflict(f"grant {grant.grant_id!r} exists with other fields")
         return stored, cursor.rowcount == 1
 
@@ -159,7 +163,8 @@ class SqliteLedger(SqliteFile):
             " ORDER BY g.created_at_ms, g.grant_id",
             (customer_id,),
         )
-        return [GrantBalance(grant_from_row(row[:6]), _sum(json.loads(row[6]))) for row in rows]
+        return [GrantBalance(grant_from_row(row[:6]), exact_sum(json.loads(row[6])))
+                for row in rows]
 
     async def add_adjustment(
         self, customer_id: str, adjustment: ManualAdjustment
@@ -203,7 +208,7 @@ class SqliteLedger(SqliteFile):
             existing = await _statuses(conn, [s.head.statement_id for w in kept
                                               for s in w.statements])
             chosen = [statement for write in kept for statement in write.statements
-                      if _replaces(existing.get(statement.head.statement_id), statement)]
+                      if replaces(existing.get(statement.head.statement_id), statement)]
             await _write(conn, chosen)
         drafted = sum(s.head.status == "draft" and s.head.statement_id not in existing
                       for s in chosen)
@@ -272,23 +277,6 @@ class SqliteLedger(SqliteFile):
 # ------------------------------------------------------------------- helpers
 
 
-def _definition(latest: Mapping[str, CycleRecord], record: CycleRecord) -> tuple[str, str] | None:
-    known = latest.get(record.plan)
-    return None if known is None else (known.cycle, known.timezone)
-
-
-def _grant_fields(grant: CreditGrant) -> tuple[Any, ...]:
-    """What a retry must repeat (not created_at: a retry comes later)."""
-    return (grant.meter, grant.credits, grant.effective_at_ms, grant.expires_at_ms)
-
-
-def _sum(texts: Sequence[str]) -> Decimal:
-    total = Decimal(0)
-    for text in texts:
-        total += Decimal(text)
-    return total
-
-
 async def _customer(conn: aiosqlite.Connection, customer_id: str) -> Customer:
     rows = await conn.execute_fetchall(_CUSTOMER, (customer_id,))
     return Customer(*next(iter(rows)))
@@ -315,14 +303,6 @@ async def _statuses(
     )
     return {row[0]: (row[1], row[2]) for row in rows}
 
-
-def _replaces(stored: tuple[StatementStatus, int] | None, statement: StatementWrite) -> bool:
-    """Whether `statement` is written over what is stored (as the upsert's WHERE says)."""
-    if stored is None:
-        return True
-    status, cutoff = stored
-    return status == "draft" and (statement.head.status == "final"
-                                  or cutoff <= statement.head.cutoff_ms)
 
 
 async def _write(conn: aiosqlite.Connection, statements: Sequence[StatementWrite]) -> None:
