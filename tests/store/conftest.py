@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from billing.store.base import Store
-from tests.store.backends import ENGINES, Backend, make_backend
+from tests.store.backends import ENGINES, Backend, PostgresBackend, make_backend
 from tests.store.factories import opened
 
 
@@ -30,3 +30,17 @@ async def store(backend: Backend, location: str) -> AsyncIterator[Store]:
     s = await opened(backend, location)
     yield s
     await s.close()
+
+
+@pytest.fixture
+async def pg() -> AsyncIterator[PostgresBackend]:
+    """The PostgreSQL engine alone, for what only it promises."""
+    backend = PostgresBackend()
+    yield backend
+    await backend.dispose()
+
+
+@pytest.fixture
+async def url(pg: PostgresBackend) -> str:
+    """A fresh PostgreSQL database."""
+    return await pg.location()

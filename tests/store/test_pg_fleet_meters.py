@@ -6,7 +6,7 @@ statement is read from aggregates that mix definitions or miss events, and
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 
 import pytest
@@ -21,18 +21,6 @@ D = Decimal
 CALLS = meter("calls", "api.call", "count")
 OLD = (CALLS, meter("tokens", "tokens", "sum", "n"))
 NEW = (CALLS, meter("tokens", "tokens", "sum", "m"))  # the same name, another key
-
-
-@pytest.fixture
-async def pg() -> AsyncIterator[PostgresBackend]:
-    backend = PostgresBackend()
-    yield backend
-    await backend.dispose()
-
-
-@pytest.fixture
-async def url(pg: PostgresBackend) -> str:
-    return await pg.location()
 
 
 async def replica(url: str, meters: Sequence[Meter], *, rebuild_all: bool = False,

@@ -69,13 +69,6 @@ async def open_billing(url: str, clock: Clock, write_batch: int = 500) -> PgBill
 
 
 @pytest.fixture
-async def pg() -> AsyncIterator[PostgresBackend]:
-    backend = PostgresBackend()
-    yield backend
-    await backend.dispose()
-
-
-@pytest.fixture
 async def billing(pg: PostgresBackend) -> AsyncIterator[PgBilling]:
     b = await open_billing(await pg.location(), Clock())
     yield b

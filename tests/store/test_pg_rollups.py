@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -24,13 +22,6 @@ ROWS = ("SELECT meter, customer_id, bucket_start_ms, size_ms, count, value::text
         " last_seq FROM meter_aggregates ORDER BY 1, 2, 3, 4")
 # Numerically equal values whose text differs: which one a merge keeps is part of the result.
 TIES = [D("2"), D("2.0"), D("2.00"), D("-2"), D("-2.0"), D("0"), D("0.00"), D("7"), D("-7.5")]
-
-
-@pytest.fixture
-async def pg() -> AsyncIterator[PostgresBackend]:
-    backend = PostgresBackend()
-    yield backend
-    await backend.dispose()
 
 
 async def sizes(pg: PostgresBackend, url: str) -> set[tuple[int, int]]:

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from importlib import resources
 
@@ -20,18 +20,6 @@ from billing.store.pg_url import redact
 from billing.store.postgres import PostgresStore
 from tests.store.backends import PostgresBackend
 from tests.store.factories import BUCKET, METERS, event, opened
-
-
-@pytest.fixture
-async def pg() -> AsyncIterator[PostgresBackend]:
-    backend = PostgresBackend()
-    yield backend
-    await backend.dispose()
-
-
-@pytest.fixture
-async def url(pg: PostgresBackend) -> str:
-    return await pg.location()
 
 
 async def replicas(pg: PostgresBackend, url: str, n: int) -> list[Store]:
