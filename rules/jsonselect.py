@@ -166,6 +166,8 @@ class _Path:
         return doc
 
 
+_BACKSLASH = 0x5C  # an int: `int in bytes` is a plain memchr, `bytes in bytes` costs more
+_BATCH = 8192  # bytes of an event stream gathered before they are looked at
 _ENDING = 8  # bytes of a key's JSON form (closing quote included) tested with `in` first
 
 
@@ -202,12 +204,23 @@ class _Prefilter:
         events: their data is made of its lines, and no key or escape spans two lines."""
         if self._keys is None:
             return True
-        if b"\\" in data and any(escape in data for escape in self._escapes):
+        if _BACKSLASH in data and any(data.find(escape) >= 0 for escape in self._escapes):
             return True
-        for ending in self._endings:
-            if ending in data:
-                return self._keys.search(data) is not None
+        # `find`, not `in`: CPython's `bytes in bytes` first tries the needle as an int,
+        # raising and clearing a TypeError that costs more than the search itself.
+        if any(data.find(ending) >= 0 for ending in self._endings):
+            return self._keys.search(data) is not None
         return False
+
+    def first_mark(self, data: bytes) -> int:
+        """Where the first byte of `data` lies that may belong to a selected key or to an
+        escape that could spell one; -1 when there is none."""
+        if self._keys is None:
+            return 0 if data else -1
+        marks = [data.find(ending) for ending in self._endings]
+        if _BACKSLASH in data:
+            marks += [data.find(escape) for escape in self._escapes]
+        return min((mark for mark in marks if mark >= 0), default=-1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,8 +326,28 @@ class _DocumentTap:
         return stream.results(complete)
 
 
+def _after_next_blank(data: bytes, at: int) -> int:
+    """Just past the first "\n\n" (a blank line) at or after `at`; len(data) if none."""
+    end = data.find(b"\n\n", at)
+    return len(data) if end < 0 else end + 2
+
+
+def _after_last_blank(data: bytes, before: int) -> int:
+    """Just past the last "\n\n" that ends at or before `before`; 0 if none."""
+    end = data.rfind(b"\n\n", 0, before)
+    return 0 if end < 0 else end + 2
+
+
 class _EventStreamTap:
-    """A text/event-stream body: each path's value comes from the last event holding it."""
+    """A text/event-stream body: each path's value comes from the last event holding it.
+
+    Chunks are gathered (by reference) and looked at `_BATCH` bytes at a time, because
+    a stream is mostly small chunks of events that hold nothing we read, and what costs
+    is the work per chunk, not per byte: a handful of byte scans over a batch (`_skim`)
+    pass over its runs of such events, and only the events that may hold a selected key
+    (or that the scans cannot vouch for) go through the parser. Values are needed only
+    at `finish`, which looks at what is still gathered first.
+    """
 
     def __init__(self, paths: JsonPaths, decoder: Decoder) -> None:
         self._paths = paths
@@ -323,28 +356,62 @@ class _EventStreamTap:
         self._found: dict[str, object] = {}
         self._oversized = False  # an event was dropped for its size
         self._failed = False  # the Content-Encoding is corrupt
+        self._limit = paths.limit
+        self._prefilter = paths._prefilter
+        self._gathered: list[bytes] = []
+        self._batch = min(_BATCH, paths.limit)
+        self._room = self._batch  # bytes gathered before a look
 
     def feed(self, chunk: bytes) -> None:
+        self._gathered.append(chunk)
+        self._room -= len(chunk)
+        if self._room <= 0:
+            self._look()
+
+    def _look(self) -> None:
+        """Decode and skim what was gathered."""
+        gathered = b"".join(self._gathered)
+        self._gathered.clear()
+        self._room = self._batch
         if self._failed:
             return
         try:
-            for piece in self._decoder.decode(chunk):
-                self._feed_piece(piece)
+            for piece in self._decoder.decode(gathered):
+                self._skim(piece)
         except DecodeError:
             self._failed = True
 
-    def _feed_piece(self, piece: bytes) -> None:
-        # Most chunks of a stream are whole events without any selected key: skipping
-        # them at once costs a fraction of parsing their lines into events.
-        if self._parser.whole_events(piece) and not self._paths._prefilter.may_hold(piece):
+    def _skim(self, data: bytes) -> None:
+        """Feed the parser the events of `data` that may hold a selected value, and pass
+        over the runs of whole events that surely hold none.
+
+        A run passed over starts where the parser is between events and ends in a blank
+        line ("\n\n"), so feeding it would leave the parser as it is (`between_events`);
+        it holds no key (`_Prefilter.first_mark`) and, within the limit, no oversized
+        event. The event around each mark goes through the parser.
+        """
+        parser = self._parser
+        if len(data) > self._limit:
+            self._take(parser.feed(data))  # only the parser can tell an oversized event
             return
-        self._take(self._parser.feed(piece))
+        while data:
+            if parser.between_events():
+                mark = self._prefilter.first_mark(data)
+                if mark < 0:  # whole events, then perhaps the start of one more
+                    self._take(parser.feed(data[_after_last_blank(data, len(data)) :]))
+                    return
+                start, end = _after_last_blank(data, mark), _after_next_blank(data, mark)
+            else:  # the rest of a pending event: past its end the parser is between events
+                start, end = 0, _after_next_blank(data, 0)
+            self._take(parser.feed(data[start:end]))
+            data = data[end:]
 
     def finish(self, complete: bool) -> dict[str, PathResult]:
+        self._look()  # what was seen counts, complete or not
         if complete and not self._failed:
             try:
                 for piece in self._decoder.flush():
-                    self._feed_piece(piece)
+                    self._skim(piece)
                 self._take(self._parser.finish())
             except DecodeError:
                 self._failed = True
@@ -367,7 +434,7 @@ class _EventStreamTap:
                 self._read(event.data)
 
     def _read(self, data: bytes) -> None:
-        if not self._paths._prefilter.may_hold(data):
+        if not self._prefilter.may_hold(data):
             return  # the cheap test spares a JSON parse of most events
         try:
             doc = _loads(data)

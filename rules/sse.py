@@ -53,16 +53,16 @@ class SseParser:
             return self._feed_lines(chunk)
         return self._feed_lf(chunk)
 
-    def whole_events(self, chunk: bytes) -> bool:
-        """Whether `chunk` is nothing but whole events, none oversized, such that feeding
-        it leaves the parser as it is now (between events). A caller that knows these
-        events hold nothing it wants may then pass over the chunk without feeding it."""
-        return (
-            chunk.endswith(b"\n\n")
-            and len(chunk) <= self._limit  # so no event in it is oversized
-            and not (self._line or self._data or self._type or self._oversized)
-            and not (self._first or self._skip_lf or self._line_head is not None)
-            and b"\r" not in chunk  # "\n\n" then ends a line and an event
+    def between_events(self) -> bool:
+        """Whether no line or event is pending: the next byte starts a line of a new event.
+
+        Text that ends in a blank line ("\n\n") leaves the parser so, whatever it held
+        before and whatever line endings the text uses. From here, such text (whole
+        events, each within the limit) leaves the parser as it is now: a caller that
+        knows its events hold nothing it wants may pass over it without feeding it."""
+        return not (
+            self._line or self._data or self._type or self._oversized
+            or self._first or self._skip_lf or self._line_head is not None
         )
 
     def _feed_lf(self, chunk: bytes) -> list[SseEvent]:

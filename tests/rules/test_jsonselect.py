@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.jsonselect import JsonPaths, Outcome, PathResult
+from rules.decode import IDENTITY
+from rules.jsonselect import _BATCH, JsonPaths, Outcome, PathResult, _EventStreamTap
 from tests.rules.test_sse import (
     ANTHROPIC_STREAM,
     COMMENTS_STREAM,
@@ -662,3 +663,69 @@ def test_the_event_stream_tap_finds_what_parsing_every_event_finds(
 def test_the_prefilter_rules_out_only_texts_without_any_key(data: bytes, may_hold: bool) -> None:
     prefilter = JsonPaths(["usage.output_tokens", "message.model"], 1_000)._prefilter
     assert prefilter.may_hold(data) is may_hold
+
+
+# ------------------------------------------------ skimming an event stream loses nothing
+
+
+class _EveryEvent(_EventStreamTap):
+    """The event-stream tap without skimming: every byte goes through the parser."""
+
+    def _skim(self, data: bytes) -> None:
+        self._take(self._parser.feed(data))
+
+
+_STREAM_PIECES = [
+    b'data: {"usage": {"n": 1}}\n\n',
+    b'data: {"usage": {"n": 2}, "pad": "' + b"p" * 60 + b'"}\n\n',  # oversized at limit 64
+    b'data: {"pad": "' + b"q" * 60 + b'"}\n\n',  # oversized, without a key
+    b'data: {"\\u0075sage": {"n": 3}}\n\n',  # a key written with escapes
+    b'data: {"text": "a\\nb \\u00e9"}\n\n',  # escapes in text
+    b'event: x\ndata: {"text": "hi"}\n\n',
+    b'data: {"usage"\ndata: : {"n": 4}}\n\n',  # a key's value on the next data line
+    b'data: {"usage": {"n": 5}}\r\n\r\n',
+    b'data: {"usage": {"n": 6}}\r\r',
+    b": comment\n\n",
+    b"data: [DONE]\n\n",
+    b"\xef\xbb\xbf",
+    b"data: partial",
+    b"\n",
+    b"\r",
+    b"x" * 70,
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    pieces=st.lists(st.sampled_from(_STREAM_PIECES), max_size=25),
+    cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=12),
+    limit=st.sampled_from([64, 10_000]),
+    batch=st.sampled_from([1, 16, 100, 8192]),
+    complete=st.booleans(),
+)
+def test_skimming_an_event_stream_finds_what_parsing_every_event_finds(
+    pieces: list[bytes], cuts: list[int], limit: int, batch: int, complete: bool
+) -> None:
+    """Runs of events passed over by the byte scans, at any chunk and batch boundaries,
+    never change a result: values, cut-short and oversized outcomes alike."""
+    stream = b"".join(pieces)
+    paths = JsonPaths(["usage.n", "text"], limit)
+    skimming, reference = _EventStreamTap(paths, IDENTITY), _EveryEvent(paths, IDENTITY)
+    skimming._batch = skimming._room = batch
+    for chunk in split_at(stream, cuts):
+        skimming.feed(chunk)
+        reference.feed(chunk)
+    assert skimming.finish(complete) == reference.finish(complete)
+
+
+def test_an_event_stream_is_gathered_in_bounded_batches() -> None:
+    """Small chunks wait, by reference, until a batch is full or the body ends."""
+    tap = JsonPaths(["usage.n"], MB).tap(SSE, None)
+    event = b'data: {"usage": {"n": 1}}\n\n'
+    assert isinstance(tap, _EventStreamTap)
+    tap.feed(event)
+    assert tap._gathered == [event]
+    for _ in range(_BATCH // len(event) + 1):
+        tap.feed(event)
+    assert 0 < sum(map(len, tap._gathered)) < _BATCH
+    assert tap.finish(True) == {"usage.n": found(1)}

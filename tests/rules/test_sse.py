@@ -272,32 +272,32 @@ def test_the_fast_path_gives_what_the_general_path_gives(
 
 @settings(max_examples=300, deadline=None)
 @given(**_CUT_STREAMS)
-def test_a_chunk_of_whole_events_can_be_passed_over(
+def test_a_blank_line_leaves_the_parser_between_events(
     pieces: list[bytes], cuts: list[int], limit: int
 ) -> None:
-    """Skipping the chunks `whole_events` accepts loses their events and nothing else."""
-    everything, skipping = SseParser(limit), SseParser(limit)
-    kept: list[SseEvent] = []
-    got: list[SseEvent] = []
+    """What `between_events` promises: text ending in a blank line leaves the parser
+    between events, from any state; a run of whole events, each within the limit, fed
+    from there comes out whole and leaves it so."""
+    parser = SseParser(limit)
     for chunk in _chunks(pieces, cuts):
-        whole = everything.whole_events(chunk)
-        assert skipping.whole_events(chunk) == whole
-        events = everything.feed(chunk)
-        if whole:
-            assert not any(event.oversized for event in events)
-        else:
-            kept += events
-            got += skipping.feed(chunk)
-    assert got + skipping.finish() == kept + everything.finish()
+        parser.feed(chunk)
+        if not chunk.endswith(b"\n\n"):
+            continue
+        assert parser.between_events()
+        events = parser.feed(b"event: e\ndata: a\n: note\nid: 3\n\ndata:b\ndata\n\n\n")
+        assert events == [SseEvent(b"a", "e"), SseEvent(b"b\n")]
+        assert parser.between_events()
 
 
-def test_whole_events_needs_a_chunk_ending_an_event_between_events() -> None:
+def test_between_events_needs_a_first_line_and_nothing_pending() -> None:
     parser = SseParser(100)
-    assert not parser.whole_events(b"data: a\n\n")  # the first chunk may start with a BOM
+    assert not parser.between_events()  # the first line may start with a byte-order mark
     parser.feed(b"data: a\n\n")
-    assert parser.whole_events(b"data: b\n\nevent: x\ndata: c\n\n")
-    assert not parser.whole_events(b"data: b\n")
-    assert not parser.whole_events(b"data: b\r\n\r\n")
-    assert not parser.whole_events(b"data: " + b"b" * 100 + b"\n\n")  # may be oversized
+    assert parser.between_events()
     parser.feed(b"data: b\n")
-    assert not parser.whole_events(b"\n\n")  # an event is pending
+    assert not parser.between_events()  # an event is pending
+    parser.feed(b"\n")
+    assert parser.between_events()
+    parser.feed(b"data: c\r")
+    parser.feed(b"\r")
+    assert not parser.between_events()  # a "\n" may still complete the "\r"
