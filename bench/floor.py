@@ -1,23 +1,30 @@
-"""The floor under meterproxy's figures: what proxying costs without the rules' work.
+"""The floor under meterproxy's figures: what proxying costs without the rules' work, and
+where the event writer's work runs.
 
-Two more meterproxy processes run beside the reference one, on the same upstream and core:
-one without rules (identify, forward, metrics; no events) and one with the `egress` rule
-only (one event per request). Measured in interleaved rounds with bare and the reference
-meterproxy (two events per request), the differences of CPU per request give what the
-rules and their events cost, and what one more stored event costs; one-client latency
-shows what the writer's flushes (on the proxy's core) add to the tail.
+More meterproxy processes run beside the reference one, on the same upstream and core: one
+without rules (identify, forward, metrics; no events), one with the `egress` rule only (one
+event per request), and two with the reference rules whose appends run elsewhere: on a
+thread of the proxy's process (`storage.writer: thread`, the way before the store process)
+and in the store process moved to the second core (as wherever a machine has one; here it
+shares that core with the load generator and the upstream). Measured in interleaved rounds
+with bare and the reference meterproxy (two events per request, its store process on the
+proxy's core), the differences of CPU per request give what the rules and their events
+cost, and what one more stored event costs; one-client latency shows what the writer's
+flushes add to the tail.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench import calls
 from bench.fleet import CONFIG, PYTHON, START_SECONDS, Fleet, Target
 from bench.loadgen import LoadGenerator
-from bench.processes import Processes, cpu_split, free_port, wait_for_port
+from bench.processes import Processes, children, cpu_split, free_port, wait_for_port
 from bench.report import Row
 from bench.stats import paired_differences, paired_ratios, spread
 
@@ -29,28 +36,49 @@ EGRESS_ONLY = """rules:
     metadata:
       bytes: ${response.bytes}
 """
-VARIANTS = {"no rules": "rules: []\n", "egress rule only": EGRESS_ONLY}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    rules: str | None = None  # replaces the rules section; None: the reference's
+    writer: str = "process"  # storage.writer
+    second_core: bool = False  # the store process moved to the client cores
+
+
+# The first two are the floor's: `summarise` subtracts them from the reference.
+VARIANTS = (
+    Variant("no rules", rules="rules: []\n"),
+    Variant("egress rule only", rules=EGRESS_ONLY),
+    Variant("reference rules, writer thread", writer="thread"),
+    Variant("reference rules, store process on the second core", second_core=True),
+)
 # The rules section of the benchmark's configuration: from `rules:` to the meters' comment.
 _RULES = re.compile(r"^rules:\n.*?(?=^# Meters)", re.MULTILINE | re.DOTALL)
 
 
-def variant_config(rules: str) -> str:
-    """The benchmark's configuration with its rules section replaced by `rules`."""
+def variant_config(variant: Variant) -> str:
+    """The benchmark's configuration as the variant changes it."""
     text = CONFIG.read_text()
-    replaced, n = _RULES.subn(lambda _: rules + "\n", text, count=1)
-    if n != 1:
-        raise ValueError(f"no rules section found in {CONFIG}")
-    return replaced
+    if variant.rules is not None:
+        rules = variant.rules
+        text, n = _RULES.subn(lambda _: rules + "\n", text, count=1)
+        if n != 1:
+            raise ValueError(f"no rules section found in {CONFIG}")
+    if variant.writer != "process":
+        text = text.replace("  flush_interval: 50ms\n",
+                            f"  flush_interval: 50ms\n  writer: {variant.writer}\n", 1)
+    return text
 
 
 async def start_variants(processes: Processes, workdir: Path, fleet: Fleet) -> list[Target]:
     """Start one meterproxy per VARIANTS entry, pinned like the reference one."""
-    server_cpus, _ = cpu_split()
+    server_cpus, client_cpus = cpu_split()
     upstream = fleet.target("direct").url
     targets = []
-    for i, (name, rules) in enumerate(VARIANTS.items()):
+    for i, variant in enumerate(VARIANTS):
         config = workdir / f"floor-{i}.yaml"
-        await asyncio.to_thread(config.write_text, variant_config(rules))
+        await asyncio.to_thread(config.write_text, variant_config(variant))
         port, admin = free_port(), free_port()
         env = {
             "BENCH_UPSTREAM": upstream,
@@ -62,7 +90,10 @@ async def start_variants(processes: Processes, workdir: Path, fleet: Fleet) -> l
         process = processes.start(f"floor-{i}", args, server_cpus, env)
         for listening in (port, admin):
             await wait_for_port(listening, process, START_SECONDS)
-        targets.append(Target(name, f"http://127.0.0.1:{port}", process.pid))
+        if variant.second_core:
+            for child in children(process.pid):
+                os.sched_setaffinity(child, client_cpus)
+        targets.append(Target(variant.name, f"http://127.0.0.1:{port}", process.pid))
     return targets
 
 

@@ -25,25 +25,34 @@ def free_port() -> int:
 
 
 def rss_bytes(pid: int) -> int:
-    """Resident set size of `pid` from /proc (VmRSS); OSError when the process is gone."""
+    """Resident set size of `pid` and its live child processes (meterproxy's store process)
+    from /proc (VmRSS); OSError when the process is gone."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
+            total = int(line.split()[1]) * 1024
+            for child in children(pid):
+                with contextlib.suppress(OSError):  # a child may end meanwhile
+                    total += rss_bytes(child)
+            return total
     raise OSError(f"no VmRSS for process {pid}")
 
 
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) used so far by `pid`, its threads and its live child
-    processes (nginx's worker); OSError when `pid` is gone."""
-    proc = Path(f"/proc/{pid}")
+    processes (nginx's worker, meterproxy's store process); OSError when `pid` is gone."""
     # Fields after the parenthesised command name: utime and stime are the 12th and 13th.
-    fields = (proc / "stat").read_text().rpartition(")")[2].split()
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     total = (int(fields[11]) + int(fields[12])) / _TICKS
-    for task in proc.glob("task/*/children"):
-        for child in task.read_text().split():
-            with contextlib.suppress(OSError):  # a child may end meanwhile
-                total += cpu_seconds(int(child))
+    for child in children(pid):
+        with contextlib.suppress(OSError):  # a child may end meanwhile
+            total += cpu_seconds(child)
     return total
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid` (of any of its threads)."""
+    return [int(child) for task in Path(f"/proc/{pid}").glob("task/*/children")
+            for child in task.read_text().split()]
 
 
 def cpu_split() -> tuple[frozenset[int], frozenset[int]]:

@@ -121,6 +121,11 @@ class Filter:
         """True when the event's metadata passes the filter."""
         return self.matches(metadata)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The predicate is a closure, which pickle cannot carry: a pickled Filter (the
+        # meters sent to the store process) is its group, compiled again on arrival.
+        return (Filter.compile, (self.group,))
+
     def to_json(self) -> dict[str, Any]:
         return self.group.to_json()
 

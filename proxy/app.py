@@ -40,9 +40,11 @@ from proxy.admin.routes import build_admin_app, build_metrics_app
 from proxy.config import Config, Listen, ProxySettings
 from proxy.forward import Forwarder
 from proxy.listener import ProxyServer
+from proxy.logs import current_format
 from proxy.metrics import Metrics
 from proxy.observer import MetricsObserver
 from proxy.state import KeySource, ProxyState
+from proxy.store_process import AppendProcess, ChildSpec
 from proxy.usage_metrics import UsageCollector
 from rules.identify import KeyRing
 
@@ -86,8 +88,13 @@ class MeterProxy:
             reconcile_ms=config.metrics.usage_reconcile_ms,
         )
         self.registry.register(self.usage_metrics)
+        # Appends run in a child process of their own unless `storage.writer: thread`.
+        self.store_process = None if config.storage.writer == "thread" else AppendProcess(
+            ChildSpec(config.storage.path, config.storage.url, config.meters,
+                      store_bucket_ms(config), current_format(), logging.getLogger().level)
+        )
         # Every append reaches the store through the tap, spooled ones when forwarded.
-        primary = self.usage_metrics.tap(self.store)
+        primary = self.usage_metrics.tap(self.store_process or self.store)
         # Fleet mode: the outage spool, in the file a single instance would store events in.
         self.spool = Spool(config.storage.path) if config.storage.url else None
         self.key_cache = KeyCache(config.storage.path) if config.storage.url else None
@@ -120,6 +127,8 @@ class MeterProxy:
         if self.appender is None:
             await self.store.open()
             await self._store_opened()
+            if self.store_process is not None:  # after the parent's open: migrated, rebuilt
+                await self.store_process.start()
         else:
             await self._open_fleet_store()
         self._spawn(self.writer.run(), "event-writer")
@@ -150,6 +159,8 @@ class MeterProxy:
         self._spawn(self.usage_metrics.run(), "usage-metrics")
         self._spawn(self._poll_keys(), "key-refresher")
         if self.appender is not None:
+            if self.store_process is not None:
+                await self.store_process.start()
             self.appender.primary_opened()
 
     async def _open_fleet_store(self) -> None:
@@ -301,6 +312,8 @@ class MeterProxy:
         self._tasks.clear()
         if self._session is not None:
             await self._session.close()
+        if self.store_process is not None:  # after the writer and the spool's forwarding
+            await self.store_process.close()
         await self.store.close()
         if self.spool is not None:
             await self.spool.close()
@@ -319,10 +332,15 @@ def store_for(
 ) -> SqliteStore | PostgresStore:
     """The configured store, not opened yet: PostgreSQL when `storage.url` is set, else the
     SQLite file; its aggregate buckets fit every plan's periods."""
-    size = bucket_ms([p.cycle for p in config.plans], config.billing.timezone)
+    size = store_bucket_ms(config)
     if config.storage.url:
         return PostgresStore(config.storage.url, config.meters, size, clock=clock)
     return SqliteStore(config.storage.path, config.meters, size, clock=clock)
+
+
+def store_bucket_ms(config: Config) -> int:
+    """The store's aggregate bucket size: every plan's period boundaries fall on one."""
+    return bucket_ms([p.cycle for p in config.plans], config.billing.timezone)
 
 
 def _fingerprints(config: Config) -> list[str]:

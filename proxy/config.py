@@ -12,6 +12,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 from yarl import URL
 
@@ -29,6 +30,7 @@ from rules.ruleset import RuleSet
 DEFAULT_ADMIN_TOKEN = "dev-admin-token"
 MIN_PUBLIC_TOKEN_CHARS = 32
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+WriterPlace = Literal["process", "thread"]
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,7 @@ class StorageSettings:
     flush_interval_ms: int
     on_full: OnFull
     max_pending: int
+    writer: WriterPlace = "process"  # where appends run (proxy/store_process.py)
 
 
 @dataclass(frozen=True)
@@ -299,6 +302,7 @@ def _parse_storage(s: Section) -> StorageSettings:
         flush_interval_ms=s.duration_ms("flush_interval", 50),
         on_full=s.choice("on_full", ("reject", "drop"), "reject"),
         max_pending=s.integer("max_pending", 100_000, minimum=1),
+        writer=s.choice("writer", ("process", "thread"), "process"),
     )
     s.done()
     if settings.url:

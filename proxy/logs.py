@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Hashable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 # LogRecord attributes that are not user-supplied context.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -63,6 +63,13 @@ def _text(value: object) -> str:
     """A context value as one token: quoted when it holds spaces (or is empty)."""
     text = "-" if value is None else str(value)
     return json.dumps(text) if not text or " " in text or '"' in text else text
+
+
+def current_format() -> Literal["text", "json"]:
+    """The format `setup_logging` gave the root logger ("text" unless it chose JSON)."""
+    handlers = logging.getLogger().handlers
+    json_lines = bool(handlers) and isinstance(handlers[0].formatter, JsonFormatter)
+    return "json" if json_lines else "text"
 
 
 def setup_logging(fmt: str, level: int = logging.INFO) -> None:

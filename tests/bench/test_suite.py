@@ -31,18 +31,26 @@ def test_only_names_an_unknown_phase() -> None:
         FULL.only(frozenset({"thruput"}))
 
 
+REFERENCE_RULES = ("api-calls", "images", "chat-tokens", "header-tokens", "egress")
+
+
 @pytest.mark.parametrize(
-    ("variant", "rules"), [("no rules", ()), ("egress rule only", ("egress",))]
+    ("index", "rules", "writer"),
+    [(0, (), "process"), (1, ("egress",), "process"), (2, REFERENCE_RULES, "thread"),
+     (3, REFERENCE_RULES, "process")],
 )
-def test_floor_variants_differ_from_the_benchmark_config_in_rules_only(
-    variant: str, rules: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_floor_variants_differ_from_the_benchmark_config_in_rules_or_writer_only(
+    index: int, rules: tuple[str, ...], writer: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("BENCH_DB", str(tmp_path / "bench.db"))
     path = tmp_path / "floor.yaml"
-    path.write_text(variant_config(VARIANTS[variant]))
+    path.write_text(variant_config(VARIANTS[index]))
     config = load_config(str(path))
     assert config.rules.names == rules
+    assert config.storage.writer == writer
     assert len(config.meters) == 7 and config.plans
+    assert VARIANTS[index].second_core == (index == 3)
 
 
 def _runs(rps: float, cpu_us: float, p50: float, p99: float) -> list[Run]:

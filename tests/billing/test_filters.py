@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from decimal import Decimal
 from typing import Any
 
@@ -174,6 +175,16 @@ def test_to_json_gives_back_the_configuration() -> None:
 def test_filters_compare_by_their_groups() -> None:
     assert compiled(NESTED) == compiled(NESTED)
     assert compiled(NESTED) != compiled(REFERENCE_STANDARD_IMAGES)
+
+
+def test_a_filter_survives_pickling_and_still_filters() -> None:
+    """The store process gets the meters, filters included, as a pickle."""
+    for data in (NESTED, REFERENCE_STANDARD_IMAGES):
+        original = compiled(data)
+        copy = pickle.loads(pickle.dumps(original))
+        assert copy == original
+        for metadata in ({"status": 200, "tier": "pro", "n": "3"}, {"quality": "hd"}, {}):
+            assert copy(metadata) is original(metadata)
 
 
 def test_a_clause_refuses_a_non_number_for_ordering() -> None:

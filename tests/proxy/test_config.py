@@ -144,6 +144,12 @@ MISTAKES = [
     ("timezone: UTC", "timezone: Mars/Olympus", "Mars/Olympus", "billing.timezone: "),
     ("  on_full: reject", "  on_full: panic", "on_full", "storage.on_full: must be one of"),
     (
+        "  on_full: reject",
+        "  on_full: reject\n  writer: fork",
+        "writer: fork",
+        "storage.writer: must be one of",
+    ),
+    (
         "  unidentified: reject",
         "  unidentified: reject\n  identify2: []",
         "identify2",
@@ -183,6 +189,12 @@ def test_mistakes_name_file_line_and_field(old: str, new: str, marker: str, expe
     rendered = [p.render("bad.yaml") for p in caught.value.problems]
     prefix = f"bad.yaml:{line_of(text, marker)}: {expected}"
     assert any(line.startswith(prefix) for line in rendered), rendered
+
+
+def test_appends_run_in_a_store_process_unless_the_writer_is_a_thread() -> None:
+    assert parse_config(BASE, "ok.yaml", environ={}).storage.writer == "process"
+    text = BASE.replace("  on_full: reject", "  on_full: reject\n  writer: thread")
+    assert parse_config(text, "ok.yaml", environ={}).storage.writer == "thread"
 
 
 def test_every_problem_is_reported_at_once() -> None:
