@@ -3,14 +3,13 @@ where the event writer's work runs.
 
 More meterproxy processes run beside the reference one, on the same upstream and core: one
 without rules (identify, forward, metrics; no events), one with the `egress` rule only (one
-event per request), and two with the reference rules whose appends run elsewhere: on a
-thread of the proxy's process (`storage.writer: thread`, the way before the store process)
-and in the store process moved to the second core (as wherever a machine has one; here it
-shares that core with the load generator and the upstream). Measured in interleaved rounds
-with bare and the reference meterproxy (two events per request, its store process on the
-proxy's core), the differences of CPU per request give what the rules and their events
-cost, and what one more stored event costs; one-client latency shows what the writer's
-flushes add to the tail.
+event per request), and two with the reference rules whose appends run in the store
+process (`storage.writer: process`): on the proxy's core, and moved to the second core (as
+wherever a machine has one; here it shares that core with the load generator and the
+upstream). Measured in interleaved rounds with bare and the reference meterproxy (two
+events per request, appends on its SQLite thread), the differences of CPU per request
+give what the rules and their events cost, and what one more stored event costs;
+one-client latency shows what the writer's flushes add to the tail.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ EGRESS_ONLY = """rules:
 class Variant:
     name: str
     rules: str | None = None  # replaces the rules section; None: the reference's
-    writer: str = "process"  # storage.writer
+    writer: str = "thread"  # storage.writer
     second_core: bool = False  # the store process moved to the client cores
 
 
@@ -50,8 +49,9 @@ class Variant:
 VARIANTS = (
     Variant("no rules", rules="rules: []\n"),
     Variant("egress rule only", rules=EGRESS_ONLY),
-    Variant("reference rules, writer thread", writer="thread"),
-    Variant("reference rules, store process on the second core", second_core=True),
+    Variant("reference rules, store process", writer="process"),
+    Variant("reference rules, store process on the second core", writer="process",
+            second_core=True),
 )
 # The rules section of the benchmark's configuration: from `rules:` to the meters' comment.
 _RULES = re.compile(r"^rules:\n.*?(?=^# Meters)", re.MULTILINE | re.DOTALL)
@@ -65,7 +65,7 @@ def variant_config(variant: Variant) -> str:
         text, n = _RULES.subn(lambda _: rules + "\n", text, count=1)
         if n != 1:
             raise ValueError(f"no rules section found in {CONFIG}")
-    if variant.writer != "process":
+    if variant.writer != "thread":
         text = text.replace("  flush_interval: 50ms\n",
                             f"  flush_interval: 50ms\n  writer: {variant.writer}\n", 1)
     return text

@@ -88,7 +88,7 @@ class MeterProxy:
             reconcile_ms=config.metrics.usage_reconcile_ms,
         )
         self.registry.register(self.usage_metrics)
-        # Appends run in a child process of their own unless `storage.writer: thread`.
+        # Appends run in a child process of their own with `storage.writer: process`.
         self.store_process = None if config.storage.writer == "thread" else AppendProcess(
             ChildSpec(config.storage.path, config.storage.url, config.meters,
                       store_bucket_ms(config), current_format(), logging.getLogger().level)

@@ -129,7 +129,7 @@ class StorageSettings:
     flush_interval_ms: int
     on_full: OnFull
     max_pending: int
-    writer: WriterPlace = "process"  # where appends run (proxy/store_process.py)
+    writer: WriterPlace = "thread"  # where appends run; "process": proxy/store_process.py
 
 
 @dataclass(frozen=True)
@@ -302,7 +302,7 @@ def _parse_storage(s: Section) -> StorageSettings:
         flush_interval_ms=s.duration_ms("flush_interval", 50),
         on_full=s.choice("on_full", ("reject", "drop"), "reject"),
         max_pending=s.integer("max_pending", 100_000, minimum=1),
-        writer=s.choice("writer", ("process", "thread"), "process"),
+        writer=s.choice("writer", ("thread", "process"), "thread"),
     )
     s.done()
     if settings.url:

@@ -1,12 +1,16 @@
-"""Appends of events in a process of their own (`storage.writer: process`, the default).
+"""Appends of events in a process of their own (`storage.writer: process`; the default,
+`thread`, runs them on the store's own thread in the proxy's process).
 
 Storing an event (encoding, folding it into the aggregates, the SQLite or PostgreSQL
 transaction) costs more CPU than everything else meterproxy does for it, and in the proxy's
-process that work holds the GIL and the core the event loop needs. `AppendProcess` is the
-event writer's `Appender` in the proxy's process: it hands each append to a child Python
-process (`python -m proxy.store_process`) that opens the same store and runs its `append`,
-and it returns the child's answer. Wherever the machine has a second core the child runs
-there; the writer, its queue, its flush policy and its retries stay in the proxy's process.
+process its Python parts hold the GIL the event loop needs. Where the proxy has a core to
+spare, the child takes that work there; where it has not (one or two cores, or a CPU quota
+counting both processes) the hand-off costs more than it saves (README, Benchmarks).
+
+`AppendProcess` is the event writer's `Appender` in the proxy's process: it hands each
+append to a child Python process (`python -m proxy.store_process`) that opens the same store
+and runs its `append`, and it returns the child's answer. The writer, its queue, its
+flush policy and its retries stay in the proxy's process.
 
 Protocol, over the child's stdin and stdout (its stderr is the parent's, for its log lines):
 frames of a 4-byte big-endian length and a pickle. The first frame is a `ChildSpec`; the

@@ -36,7 +36,7 @@ REFERENCE_RULES = ("api-calls", "images", "chat-tokens", "header-tokens", "egres
 
 @pytest.mark.parametrize(
     ("index", "rules", "writer"),
-    [(0, (), "process"), (1, ("egress",), "process"), (2, REFERENCE_RULES, "thread"),
+    [(0, (), "thread"), (1, ("egress",), "thread"), (2, REFERENCE_RULES, "process"),
      (3, REFERENCE_RULES, "process")],
 )
 def test_floor_variants_differ_from_the_benchmark_config_in_rules_or_writer_only(

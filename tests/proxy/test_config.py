@@ -191,10 +191,10 @@ def test_mistakes_name_file_line_and_field(old: str, new: str, marker: str, expe
     assert any(line.startswith(prefix) for line in rendered), rendered
 
 
-def test_appends_run_in_a_store_process_unless_the_writer_is_a_thread() -> None:
-    assert parse_config(BASE, "ok.yaml", environ={}).storage.writer == "process"
-    text = BASE.replace("  on_full: reject", "  on_full: reject\n  writer: thread")
-    assert parse_config(text, "ok.yaml", environ={}).storage.writer == "thread"
+def test_appends_run_on_a_thread_unless_the_writer_is_a_process() -> None:
+    assert parse_config(BASE, "ok.yaml", environ={}).storage.writer == "thread"
+    text = BASE.replace("  on_full: reject", "  on_full: reject\n  writer: process")
+    assert parse_config(text, "ok.yaml", environ={}).storage.writer == "process"
 
 
 def test_every_problem_is_reported_at_once() -> None:
