@@ -21,6 +21,8 @@ from bench.report import Row, verdict
 from bench.stats import paired_differences, percentile, spread
 
 MAX_ADDED_US = 1000.0
+SHORT_STREAMS = 40  # per target, for time to first event against the upstream's own
+SHORT_EVENTS = 10
 CHAT_REQUEST = {"model": "bench", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 _STAMP = re.compile(rb'"t":(\d+)')
 
@@ -77,6 +79,35 @@ async def measure(
             for target in targets:
                 found[target.name].append(await sample(session, target, events, interval_us))
     return found
+
+
+async def first_events(targets: Sequence[Target], streams: int) -> dict[str, list[float]]:
+    """Time to first event (us) of `streams` short streams per target, interleaved: enough
+    samples to compare each proxy with the upstream's own time (`direct`)."""
+    found: dict[str, list[float]] = {t.name: [] for t in targets}
+    async with aiohttp.ClientSession() as session:
+        for target in targets:
+            await sample(session, target, SHORT_EVENTS, 0)
+        for _ in range(streams):
+            for target in targets:
+                found[target.name].append(
+                    (await sample(session, target, SHORT_EVENTS, 0)).first_event_us)
+    return found
+
+
+def first_event_row(found: dict[str, list[float]]) -> Row:
+    """The AI issue's figure: time to first event through meterproxy within 1 ms of the
+    upstream's own (direct), and, for the floor, what bare aiohttp adds."""
+    over_direct = paired_differences(found["meterproxy"], found["direct"])
+    over_bare = paired_differences(found["meterproxy"], found["bare"])
+    return Row(
+        figure=f"SSE time to first event, {SHORT_EVENTS}-event streams (us)",
+        **{name: spread(v).render(0) for name, v in found.items()},
+        result=f"{over_direct.render(0, signed=True)} us over direct;"
+        f" {over_bare.render(0, signed=True)} us over bare",
+        target=f"<= +{MAX_ADDED_US:.0f} us over direct",
+        verdict=verdict(over_direct.median <= MAX_ADDED_US),
+    )
 
 
 def rows(found: dict[str, list[SseSample]], events: int) -> list[Row]:

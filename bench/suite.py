@@ -174,6 +174,7 @@ def _count(out: Outcome, found: calls.Results, what: str) -> None:
 async def _sse(plan: Plan, fleet: Fleet, out: Outcome) -> None:
     found = await sse.measure(fleet.targets, plan.sse_rounds, plan.sse_events, plan.sse_interval_us)
     out.rows.extend(sse.rows(found, plan.sse_events))
+    out.rows.append(sse.first_event_row(await sse.first_events(fleet.targets, sse.SHORT_STREAMS)))
 
 
 async def _soak(

@@ -42,6 +42,12 @@ from rules.paths import normalize_path
 log = logging.getLogger("meterproxy.proxy")
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# How long a response head waits for its first body chunk so that both leave in one
+# socket write: servers commonly send the head and the first chunk (an SSE stream's first
+# event) a few tens of microseconds apart, and a head sent alone costs the client one more
+# wake-up before the chunk (about 0.1 ms here). An upstream slower than this gets its
+# head relayed alone, as at once.
+HEAD_GRACE_S = 0.0005
 
 
 class RelayResponse(web.StreamResponse):
@@ -312,13 +318,9 @@ class Forwarder:
         held: bytes | None = None
         strict = state.settings.durability == "strict"
         while True:
-            # The upstream makes us wait: the client gets the head now, not later.
-            waiting = out.head_pending and not _buffered(content, x.response_bytes)
-            if waiting and not await self._write(state, x, upstream, out, tap, b"", timing):
-                return
             began = time.perf_counter()
             try:
-                chunk = await content.readany()
+                chunk = await _next_chunk(content, out.head_pending, x.response_bytes)
             except (aiohttp.ClientError, TimeoutError):
                 x.aborted = True  # upstream broke off mid-body: the client sees it cut short
                 state.metrics.count_proxy_error("upstream_broken")
@@ -327,6 +329,10 @@ class Forwarder:
                 return
             finally:
                 timing.waiting += time.perf_counter() - began
+            if chunk is None:  # the upstream makes us wait: the client gets the head now
+                if not await self._write(state, x, upstream, out, tap, b"", timing):
+                    return
+                continue
             if not chunk:
                 break
             x.response_bytes += len(chunk)
@@ -551,6 +557,23 @@ class _Relay:
         else:
             self.writer.send_headers()
         self.head_pending = False
+
+
+async def _next_chunk(
+    content: aiohttp.StreamReader, head_pending: bool, consumed: int
+) -> bytes | None:
+    """The upstream's next chunk (b"" at its end); None when the head is still to go and
+    no chunk came within HEAD_GRACE_S. Raises what reading raises."""
+    if not head_pending or _buffered(content, consumed):
+        return await content.readany()
+    grace = asyncio.timeout(HEAD_GRACE_S)
+    try:
+        async with grace:
+            return await content.readany()
+    except TimeoutError:
+        if grace.expired():  # ours, not the upstream read timeout
+            return None
+        raise
 
 
 def _buffered(content: aiohttp.StreamReader, consumed: int) -> bool:

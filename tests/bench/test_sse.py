@@ -12,7 +12,8 @@ import pytest
 from aiohttp import web
 
 from bench.fleet import Target
-from bench.sse import event_delays_us, sample
+from bench.report import verdict
+from bench.sse import event_delays_us, first_event_row, sample
 from bench.upstream import handle, sse_event
 
 RawServerFactory = Callable[..., Awaitable[Any]]
@@ -58,3 +59,18 @@ async def test_a_stream_cut_short_is_an_error(aiohttp_raw_server: RawServerFacto
     async with aiohttp.ClientSession() as session:
         with pytest.raises(RuntimeError, match="2 of 3 events"):
             await sample(session, target, 3, 0)
+
+
+def test_time_to_first_event_is_judged_against_the_upstreams_own() -> None:
+    found = {
+        "direct": [1000.0, 1100.0, 900.0],
+        "bare": [1800.0, 1900.0, 1700.0],
+        "nginx": [1100.0, 1200.0, 1000.0],
+        "meterproxy": [2050.0, 2000.0, 1950.0],
+    }
+    row = first_event_row(found)
+    assert row.result.startswith("+1,050 (+900 to +1,050) us over direct;")
+    assert "+250 (+100 to +250) us over bare" in row.result
+    assert row.verdict == verdict(False)
+    found["meterproxy"] = [1900.0, 2000.0, 1800.0]  # +900 over direct at the median
+    assert first_event_row(found).verdict == verdict(True)

@@ -16,6 +16,7 @@ from aiohttp.http_writer import StreamWriter
 from aiohttp.test_utils import TestServer
 from aiohttp.web_protocol import RequestHandler
 
+from proxy import forward
 from tests.conftest import StartProxy
 
 CUSTOMER = {"X-Customer-Id": "acme"}
@@ -35,6 +36,7 @@ class Gate:
         app.router.add_get("/v1/small", self.small)
         app.router.add_get("/v1/chunked", self.chunked)
         app.router.add_get("/v1/slow", self.slow)
+        app.router.add_get("/v1/soon", self.soon)
         return app
 
     async def small(self, request: web.Request) -> web.Response:
@@ -45,6 +47,16 @@ class Gate:
         response.enable_chunked_encoding()
         await response.prepare(request)
         await response.write_eof(BODY)
+        return response
+
+    async def soon(self, request: web.Request) -> web.StreamResponse:
+        """The head, then the first chunk a moment later (a socket write each)."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await asyncio.sleep(0.05)
+        await response.write(self.first_chunk)
+        await self.open.wait()
+        await response.write_eof(b"data: last\n\n")
         return response
 
     async def slow(self, request: web.Request) -> web.StreamResponse:
@@ -120,3 +132,28 @@ async def test_the_head_is_not_held_while_the_upstream_makes_us_wait(
     [event] = [e for e in events if e["event_name"] == "bandwidth"]
     assert event["metadata"]["bytes"] == len(first_chunk) + len(b"data: last\n\n")
     assert event["metadata"]["aborted"] is False
+
+
+async def test_a_first_chunk_soon_after_the_head_leaves_with_it(
+    aiohttp_server: Any, start_proxy: StartProxy, server_writes: list[tuple[int, int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Within HEAD_GRACE_S (raised here, so that timing cannot decide the outcome) the head
+    waits for the first chunk: one write, one wake-up of the client for both."""
+    monkeypatch.setattr(forward, "HEAD_GRACE_S", 5.0)
+    first = b"data: first\n\n"
+    gate = Gate(first)
+    server: TestServer = await aiohttp_server(gate.app())
+    running = await start_proxy(f"http://127.0.0.1:{server.port}")
+    request = running.session.get(running.proxy_url + "/v1/soon", headers=CUSTOMER)
+    async with await asyncio.wait_for(request, timeout=10) as response:
+        # The head's bytes as sent: status line, "name: value" lines, blank line.
+        head = len(b"HTTP/1.1 200 OK\r\n\r\n") + sum(
+            len(k) + len(v) + 4 for k, v in response.raw_headers)
+        gate.open.set()
+        assert await response.read() == first + b"data: last\n\n"
+    proxy_writes = [size for port, size in server_writes if port == running.mp.port("proxy")]
+    upstream_writes = [size for port, size in server_writes if port == server.port]
+    # The upstream wrote its head and the first chunk apart; the proxy, together.
+    assert len(upstream_writes) == 3 and upstream_writes[1] < len(first) + 10, server_writes
+    assert proxy_writes[0] >= head + len(first), (head, server_writes)
