@@ -13,7 +13,8 @@ import pytest
 
 from billing.meters import quantity
 from billing.store.base import NOTHING_SEALED, SEAL_LAG_MS, ReadPlan, plan_read, sealed_until
-from tests.billing.test_store_sqlite import BUCKET, DAY, METERS, event, opened, rows
+from tests.billing.test_store_sqlite import opened, rows
+from tests.store.factories import BUCKET, DAY, METERS, event
 
 SUM_ROWS = ("SELECT bucket_start_ms, size_ms, count, value FROM meter_aggregates"
             " WHERE meter = 'tokens_sum' ORDER BY 1, 2")

@@ -28,7 +28,8 @@ from billing.store.base import (
     bucket_start,
     sealed_until,
 )
-from tests.billing.test_store_sqlite import BUCKET, DAY, METERS, event, opened, rows
+from tests.billing.test_store_sqlite import opened, rows
+from tests.store.factories import BUCKET, DAY, METERS, event
 
 # Integers at the 62- and 64-bit edges of SQLite's integer arithmetic, negative zero,
 # exponent forms and equal numbers with different digits.

@@ -14,7 +14,8 @@ from billing.events import UsageEvent
 from billing.store.base import AppendResult, StoreError
 from billing.store.sqlite import SqliteStore
 from billing.writer import EventWriter, OnFull, OutcomeCounts, StoreUnavailable
-from tests.billing.test_store_sqlite import METERS, event, opened
+from tests.billing.test_store_sqlite import opened
+from tests.store.factories import METERS, event
 
 LONG_MS = 3_600_000  # a flush interval no test waits for
 

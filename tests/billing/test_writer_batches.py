@@ -8,8 +8,9 @@ from pathlib import Path
 
 from billing.store.sqlite import SqliteStore
 from billing.writer import EventWriter
-from tests.billing.test_store_sqlite import METERS, opened
+from tests.billing.test_store_sqlite import opened
 from tests.billing.test_writer import LONG_MS, FlakyStore, events, running, until
+from tests.store.factories import METERS
 
 
 async def test_awaited_submissions_share_a_commit_up_to_max_flush(tmp_path: Path) -> None:

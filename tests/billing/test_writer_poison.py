@@ -19,8 +19,9 @@ from billing.events import UsageEvent
 from billing.store.base import AppendResult, StoreError
 from billing.store.sqlite import SqliteStore
 from billing.writer import EventsRejected, EventWriter
-from tests.billing.test_store_sqlite import METERS, event, opened
+from tests.billing.test_store_sqlite import opened
 from tests.billing.test_writer import LONG_MS, Recorder, events, running
+from tests.store.factories import METERS, event
 
 
 class Refusing:
