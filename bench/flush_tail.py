@@ -32,7 +32,8 @@ from typing import Any
 
 import aiohttp
 
-from bench.fleet import BENCH, CONFIG, PYTHON, START_SECONDS
+from bench.fleet import BENCH, PYTHON, START_SECONDS
+from bench.floor import Variant, variant_config
 from bench.processes import Processes, cpu_split, free_port, wait_for_port
 
 SLOW_SHARE = 0.02  # the slowest 2 %: the tail that p99 sits in
@@ -133,10 +134,10 @@ async def one_client(url: str, seconds: float) -> list[Sample]:
 
 
 def config_text(writer: str) -> str:
-    text = CONFIG.read_text().replace(
+    """The benchmark's configuration with appends at `writer` and Server-Timing on."""
+    text = variant_config(Variant("flush tail", writer=writer))
+    return text.replace(
         "  durability: batched\n", "  durability: batched\n  server_timing: true\n", 1)
-    return text.replace("  flush_interval: 50ms\n",
-                        f"  flush_interval: 50ms\n  writer: {writer}\n", 1)
 
 
 async def run(seconds: float, writer: str) -> Tail:

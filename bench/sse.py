@@ -84,15 +84,8 @@ async def measure(
 async def first_events(targets: Sequence[Target], streams: int) -> dict[str, list[float]]:
     """Time to first event (us) of `streams` short streams per target, interleaved: enough
     samples to compare each proxy with the upstream's own time (`direct`)."""
-    found: dict[str, list[float]] = {t.name: [] for t in targets}
-    async with aiohttp.ClientSession() as session:
-        for target in targets:
-            await sample(session, target, SHORT_EVENTS, 0)
-        for _ in range(streams):
-            for target in targets:
-                found[target.name].append(
-                    (await sample(session, target, SHORT_EVENTS, 0)).first_event_us)
-    return found
+    found = await measure(targets, streams, SHORT_EVENTS, 0)
+    return {name: [s.first_event_us for s in samples] for name, samples in found.items()}
 
 
 def first_event_row(found: dict[str, list[float]]) -> Row:

@@ -59,10 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         return _check(config)
     if args.command == "rebuild":
-        return _run(_rebuild(config))
+        return run_event_loop(_rebuild(config))
     if args.command == "verify":
-        return _run(_verify(config))
-    return _run(_serve(config))
+        return run_event_loop(_verify(config))
+    return run_event_loop(_serve(config))
 
 
 def _check(config: Config) -> int:
@@ -73,7 +73,8 @@ def _check(config: Config) -> int:
     return 0
 
 
-def _run(coro: Coroutine[Any, Any, int]) -> int:
+def run_event_loop(coro: Coroutine[Any, Any, int]) -> int:
+    """Run `coro` to its exit code on uvloop where installed, else asyncio's loop."""
     try:
         import uvloop
     except ImportError:  # uvloop is optional (not on every platform)

@@ -144,7 +144,7 @@ class AppendProcess:
         or speaks out of turn (it is then ended: the next call starts another)."""
         assert child.stdin is not None and child.stdout is not None
         try:
-            write_frame(child.stdin, message)
+            child.stdin.write(frame(message))
             await child.stdin.drain()
             return await read_frame(child.stdout)
         except (OSError, EOFError, asyncio.IncompleteReadError, pickle.UnpicklingError) as exc:
@@ -185,9 +185,10 @@ def _error(answer: tuple[Any, ...]) -> StoreError:
 # ------------------------------------------------------------------ frames
 
 
-def write_frame(stream: asyncio.StreamWriter, message: object) -> None:
+def frame(message: object) -> bytes:
+    """`message` as one frame: its pickle after a 4-byte big-endian length."""
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_HEADER.pack(len(data)) + data)
+    return _HEADER.pack(len(data)) + data
 
 
 async def read_frame(stream: asyncio.StreamReader) -> Any:
@@ -276,8 +277,7 @@ async def _open(store: Any, out: Any, ready: object) -> bool:
 
 
 def _answer(out: Any, message: object) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    out.write(_HEADER.pack(len(data)) + data)  # blocking: the parent waits for it anyway
+    out.write(frame(message))  # blocking: the parent waits for it anyway
 
 
 def _failure(exc: Exception) -> tuple[str, str, str, bool]:
@@ -305,13 +305,11 @@ def _setup_child_logging(spec: ChildSpec) -> None:
 
 
 def main() -> int:
+    from proxy.cli import run_event_loop
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    try:
-        import uvloop
-    except ImportError:  # uvloop is optional (not on every platform)
-        return asyncio.run(_serve_child())
-    return uvloop.run(_serve_child())
+    return run_event_loop(_serve_child())
 
 
 if __name__ == "__main__":
