@@ -12,7 +12,7 @@ round also runs that tree's meterproxy, interleaved, and the ratios new/before a
 on a shared machine only such ratios mean something.
 
 Run: .venv/bin/python -m bench.ingest [--batches 100] [--rounds 3] [--before TREE]
-     [--engines sqlite,postgresql] [--all-cores]
+     [--engines sqlite,postgresql] [--all-cores] [--clients 4]
      [--admin-url postgresql://postgres@127.0.0.1:5432/postgres]
 """
 
@@ -86,15 +86,16 @@ def batch_bodies(batches: int, run: str | None = None) -> list[bytes]:
     ]
 
 
-async def ingest(admin_url: str, token: str, bodies: list[bytes]) -> Ingested:
-    """Post every body (CONCURRENCY at a time); RuntimeError on any non-200 answer."""
+async def ingest(admin_url: str, token: str, bodies: list[bytes],
+                 clients: int = CONCURRENCY) -> Ingested:
+    """Post every body (`clients` at a time); RuntimeError on any non-200 answer."""
     queue = list(reversed(bodies))
     stored = [0]
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     async with aiohttp.ClientSession(headers=headers) as session:
         started = time.perf_counter()
         await asyncio.gather(
-            *(_poster(session, admin_url, queue, stored) for _ in range(CONCURRENCY))
+            *(_poster(session, admin_url, queue, stored) for _ in range(clients))
         )
         seconds = time.perf_counter() - started
     return Ingested(len(bodies) * BATCH, stored[0], seconds)
@@ -142,7 +143,7 @@ async def scratch_database(admin_url: str) -> AsyncIterator[str]:
 
 async def serve_and_ingest(
     workdir: Path, bodies: list[bytes], url: str | None, tree: Path | None = None,
-    all_cores: bool = False,
+    all_cores: bool = False, clients: int = CONCURRENCY,
 ) -> Served:
     """Post `bodies` to a new `meterproxy run` (from `tree`, default this one) on an SQLite
     file, or in fleet mode on `url`, pinned alone to the first core (the clients on the
@@ -168,21 +169,21 @@ async def serve_and_ingest(
         admin_url = f"http://127.0.0.1:{admin}"
         await ingest(admin_url, ADMIN_TOKEN, batch_bodies(5))
         cpu_before = cpu_seconds(process.pid)
-        done = await ingest(admin_url, ADMIN_TOKEN, bodies)
+        done = await ingest(admin_url, ADMIN_TOKEN, bodies, clients)
         return Served(done, cpu_seconds(process.pid) - cpu_before)
     finally:
         processes.stop_all()
 
 
 async def one_run(engine: str, batches: int, tree: Path | None, admin_url: str,
-                  all_cores: bool = False) -> Served:
+                  all_cores: bool = False, clients: int = CONCURRENCY) -> Served:
     """A run of `batches` fresh batches on `engine` (a scratch database for PostgreSQL)."""
     bodies = batch_bodies(batches)
     with tempfile.TemporaryDirectory() as tmp:
         if engine == "sqlite":
-            return await serve_and_ingest(Path(tmp), bodies, None, tree, all_cores)
+            return await serve_and_ingest(Path(tmp), bodies, None, tree, all_cores, clients)
         async with scratch_database(admin_url) as url:
-            return await serve_and_ingest(Path(tmp), bodies, url, tree, all_cores)
+            return await serve_and_ingest(Path(tmp), bodies, url, tree, all_cores, clients)
 
 
 def _spread(values: list[float], fmt: str) -> str:
@@ -191,10 +192,10 @@ def _spread(values: list[float], fmt: str) -> str:
 
 
 def summary(runs: dict[tuple[str, str], list[Served]], engines: list[str],
-            trees: list[str], cores: str = "one core") -> str:
+            trees: list[str], cores: str = "one core", clients: int = CONCURRENCY) -> str:
     """Markdown: per engine and tree, medians (ranges) of events/s and CPU per event, and
     with two trees the per-round ratios of the second to the first."""
-    lines = [f"ingest, {BATCH:,}-event batches, {CONCURRENCY} clients, meterproxy on {cores};"
+    lines = [f"ingest, {BATCH:,}-event batches, {clients} clients, meterproxy on {cores};"
              " median (range) over rounds", "",
              "| engine | tree | events/s | CPU us/event | ratio events/s | ratio CPU/event |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]
@@ -214,7 +215,7 @@ def summary(runs: dict[tuple[str, str], list[Served]], engines: list[str],
 
 
 async def main(batches: int, rounds: int, engines: list[str], before: Path | None,
-               admin_url: str, all_cores: bool) -> None:
+               admin_url: str, all_cores: bool, clients: int) -> None:
     trees: dict[str, Path | None] = {"this": None}
     if before is not None:
         trees = {"before": before, "this": None}
@@ -223,13 +224,15 @@ async def main(batches: int, rounds: int, engines: list[str], before: Path | Non
         order = list(trees) if round_ % 2 == 0 else list(reversed(trees))
         for engine in engines:
             for label in order:
-                served = await one_run(engine, batches, trees[label], admin_url, all_cores)
+                served = await one_run(engine, batches, trees[label], admin_url, all_cores,
+                                       clients)
                 runs[(engine, label)].append(served)
                 print(f"round {round_ + 1} {engine} {label}: "
                       f"{served.ingested.per_second:,.0f} events/s, "
                       f"{served.cpu_us_per_event:.1f} us CPU/event", flush=True)
     print()
-    print(summary(runs, engines, list(trees), "every core" if all_cores else "one core"))
+    print(summary(runs, engines, list(trees), "every core" if all_cores else "one core",
+                  clients))
 
 
 if __name__ == "__main__":
@@ -241,6 +244,8 @@ if __name__ == "__main__":
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--all-cores", action="store_true",
                         help="let meterproxy use every core (default: the first one alone)")
+    parser.add_argument("--clients", type=int, default=CONCURRENCY,
+                        help="requests in flight at once (default %(default)s)")
     args = parser.parse_args()
     asyncio.run(main(args.batches, args.rounds, args.engines.split(","), args.before,
-                     args.admin_url, args.all_cores))
+                     args.admin_url, args.all_cores, args.clients))

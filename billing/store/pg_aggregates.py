@@ -97,9 +97,18 @@ async def merge_rows(
     """Merge `deltas` (one per row key; a count's value is its count) into the stored rows,
     creating missing ones; `kinds` gives each meter's aggregation. Call inside the
     transaction that stamps their events."""
-    if not deltas:
-        return
+    if deltas:
+        await stage_rows(conn, deltas)
+        await merge_staged(conn, kinds)
+
+
+async def stage_rows(conn: Connection, deltas: Sequence[DeltaRow]) -> None:
+    """`merge_rows`' first half: send the deltas to the session's table of deltas."""
     await conn.copy_records_to_table("aggregate_deltas", records=deltas)
+
+
+async def merge_staged(conn: Connection, kinds: Mapping[str, AggregationType]) -> None:
+    """`merge_rows`' second half: merge the staged deltas (and empty their table)."""
     named = {kind: [name for name, k in kinds.items() if k == kind]
              for kind in ("sum", "max", "last")}
     await conn.execute(_MERGE, named["sum"], named["max"], named["last"])

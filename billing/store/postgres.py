@@ -25,7 +25,14 @@ from collections.abc import Callable, Mapping, Sequence
 
 from billing.events import StoredEvent, UsageEvent, now_ms
 from billing.meters import Aggregate, Meter, merge
-from billing.store import pg_aggregates, pg_customers, pg_events, pg_meters, pg_rollups
+from billing.store import (
+    overlap,
+    pg_aggregates,
+    pg_customers,
+    pg_events,
+    pg_meters,
+    pg_rollups,
+)
 from billing.store.base import (
     ROLLUP_BUCKETS,
     AggregateDeltas,
@@ -145,7 +152,10 @@ class PostgresStore(PostgresLedger):
 
     async def append(self, events: Sequence[UsageEvent], now_ms: int) -> AppendResult:
         """See `Store.append`. Raises StoreError (nothing stored) when the write fails;
-        StoreUnreachable when the connection broke (a commit in flight may have stored it)."""
+        StoreUnreachable when the connection broke (a commit in flight may have stored it).
+
+        The Python work overlaps the server's (billing/store/overlap.py): the events are
+        folded while they are inserted, the deltas built while they are merged."""
         firsts: dict[str, int] = {}
         for index, event in enumerate(events):
             firsts.setdefault(event.event_id, index)  # the first of a batch's duplicates wins
@@ -155,38 +165,43 @@ class PostgresStore(PostgresLedger):
             if version != self._meters_version:  # another replica changed the built meters
                 await self._adopt(conn, version)
             stamp = max(now_ms, watermark + 1)
-            fresh = await self._insert_fresh(conn, events, firsts, last_seq + 1, stamp)
+            fresh, batch = await self._insert_fresh(conn, events, firsts, last_seq + 1, stamp)
             if not fresh:
                 return AppendResult(tuple(stored), {}, watermark)
-            new = [events[i] for i in fresh]
-            created = self._unknown_customers(new, stamp)
+            created = self._unknown_customers([events[i] for i in fresh], stamp)
             if created:
                 await pg_customers.insert_missing(conn, created)
-            batch = BatchFold(self._folded, self._bucket_ms)
-            for seq, e in enumerate(new, last_seq + 1):
-                batch.add(e.customer_id, e.event_name, e.timestamp_ms, seq, e.metadata)
-            await self._merge(conn, batch, until)
+            by_meter = await self._merge(conn, batch, until)
             await conn.execute(_ADVANCE_COUNTER, last_seq + len(fresh), stamp)
             await self._seal_passed_days(conn, stamp, until)
         self._remember_customers(created)
         for index in fresh:
             stored[index] = True
-        deltas = AggregateDeltas(watermark, stamp, self._bucket_ms, batch.deltas)
+        deltas = AggregateDeltas(watermark, stamp, self._bucket_ms, by_meter)
         return AppendResult(tuple(stored), dict(batch.skipped), stamp, deltas)
 
     async def _insert_fresh(self, conn: Connection, events: Sequence[UsageEvent],
-                            firsts: Mapping[str, int], first_seq: int, stamp: int) -> list[int]:
+                            firsts: Mapping[str, int], first_seq: int,
+                            stamp: int) -> tuple[list[int], BatchFold]:
         """Insert the events of `firsts` (id -> index) not stored yet, numbered from
-        `first_seq`; return their indexes. Tries them all first: a probe of every id only
-        follows a refusal (pg_events.insert)."""
+        `first_seq`; their indexes, and their fold. Tries them all first, folding them
+        meanwhile: a probe of every id, and a second fold, only follow a refusal
+        (pg_events.insert)."""
         fresh = list(firsts.values())
-        if await pg_events.insert(conn, [events[i] for i in fresh], first_seq, stamp):
-            return fresh
+        new = [events[i] for i in fresh]
+        batch = BatchFold(self._folded, self._bucket_ms)
+        inserted, _ = await overlap.both(pg_events.insert(conn, new, first_seq, stamp),
+                                         overlap.fold_in_slices(batch, new, first_seq))
+        if inserted:
+            return fresh, batch
         known = await pg_events.known_ids(conn, firsts)
         fresh = [index for event_id, index in firsts.items() if event_id not in known]
+        new = [events[i] for i in fresh]
+        batch = BatchFold(self._folded, self._bucket_ms)
         if fresh:
-            await pg_events.insert(conn, [events[i] for i in fresh], first_seq, stamp)
-        return fresh
+            await overlap.both(pg_events.insert(conn, new, first_seq, stamp),
+                               overlap.fold_in_slices(batch, new, first_seq))
+        return fresh, batch
 
     async def _seal_passed_days(self, conn: Connection, stamp_ms: int, until_ms: int) -> None:
         """Seal the days that ended long enough before `stamp_ms` (pg_rollups.py)."""
@@ -319,7 +334,7 @@ class PostgresStore(PostgresLedger):
             batch = BatchFold((meter,), self._bucket_ms)
             for seq, customer_id, ts_ms, metadata in rows:
                 batch.add(customer_id, meter.event_name, ts_ms, seq, decode_metadata(metadata))
-            await self._merge(conn, batch, until)
+            await pg_aggregates.merge_rows(conn, self._delta_rows(batch, until), self._kinds)
             after = rows[-1][0]
         await conn.execute(_SAVE_METER_STATE, *pg_meters.built_with(meter, self._bucket_ms),
                            self._clock())
@@ -355,15 +370,27 @@ class PostgresStore(PostgresLedger):
             async with conn.transaction():
                 await self._rebuild(conn, self._meters[name])
 
-    async def _merge(self, conn: Connection, batch: BatchFold, until_ms: int) -> None:
-        """Merge a batch's tallies into the bucket rows, and into the rollup rows of days
-        sealed before `until_ms`, server side, in one statement whatever the number of
+    async def _merge(self, conn: Connection, batch: BatchFold,
+                     until_ms: int) -> dict[str, dict[tuple[str, int], Aggregate]]:
+        """Merge an append's fold into the aggregate rows (`_delta_rows`); its deltas, built
+        while the server merges."""
+        rows = self._delta_rows(batch, until_ms)
+        if not rows:
+            return {}
+        await pg_aggregates.stage_rows(conn, rows)
+        _, deltas = await overlap.beside(pg_aggregates.merge_staged(conn, self._kinds),
+                                         lambda: batch.deltas)
+        return deltas
+
+    def _delta_rows(self, batch: BatchFold, until_ms: int) -> list[pg_aggregates.DeltaRow]:
+        """A batch's tallies as delta rows of the bucket rows, and of the rollup rows of days
+        sealed before `until_ms`: merged server side in one statement whatever the number of
         meters."""
         rows: list[pg_aggregates.DeltaRow] = []
         for name, tallies in batch.tallies.items():
             rows += pg_rollups.row_deltas(name, self._kinds[name], tallies, self._bucket_ms,
                                           until_ms)
-        await pg_aggregates.merge_rows(conn, rows, self._kinds)
+        return rows
 
     def _meter(self, name: str) -> Meter:
         try:

@@ -112,6 +112,21 @@ async def test_an_event_id_is_deduplicated_forever(backend: Backend, location: s
         await again.close()
 
 
+async def test_a_large_batch_half_resent_folds_only_its_new_events(store: Store) -> None:
+    # Larger than the PostgreSQL engine's fold slices (overlap.FOLD_SLICE), whose fold of a
+    # refused insert must give way to the fold of the new events alone.
+    first = [event(f"e{i}", customer=f"c{i % 3}", n=i % 10) for i in range(1_200)]
+    assert (await store.append(first, 10)).stored_count == 1_200
+    again = first[600:] + [event(f"f{i}", customer=f"c{i % 3}", n=100) for i in range(700)]
+    result = await store.append(again, 20)
+    assert result.stored == (False,) * 600 + (True,) * 700
+    expected = sum(i % 10 for i in range(0, 1_200, 3)) + 100 * len(range(0, 700, 3))
+    agg = await store.meter_aggregate("tokens_sum", "c0", 0, BUCKET)
+    assert agg is not None and (agg.count, agg.value) == (400 + 234, Decimal(expected))
+    assert result.deltas is not None
+    assert result.deltas.by_meter["tokens_sum"][("c0", 0)].count == 234
+
+
 async def test_ingested_at_strictly_increases_and_is_the_watermark(store: Store) -> None:
     assert await store.watermark() == 0
     nows = [100, 100, 50, 200]
