@@ -63,21 +63,23 @@ async def test_beside_runs_the_work_while_the_statement_is_in_flight() -> None:
     assert await beside(statement(), work) == ("merged", True)
 
 
+async def _waits_until_cancelled(cancelled: asyncio.Event) -> None:
+    """A side that never finishes on its own and records its cancellation."""
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        cancelled.set()
+        raise
+
+
 async def test_beside_cancels_the_statement_when_the_work_fails() -> None:
     cancelled = asyncio.Event()
-
-    async def statement() -> None:
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
 
     def work() -> None:
         raise ValueError("bad fold")
 
     with pytest.raises(ValueError, match="bad fold"):
-        await beside(statement(), work)
+        await beside(_waits_until_cancelled(cancelled), work)
     assert cancelled.is_set()
 
 
@@ -88,13 +90,20 @@ async def test_both_raises_the_statement_error_and_cancels_the_work() -> None:
         await asyncio.sleep(0)
         raise ConnectionError("server gone")
 
-    async def work() -> None:
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-
     with pytest.raises(ConnectionError, match="server gone"):
-        await both(statement(), work())
+        await both(statement(), _waits_until_cancelled(cancelled))
     assert cancelled.is_set()
+
+
+async def test_cancelling_the_caller_cancels_both_sides() -> None:
+    first, second, third = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    callers = [asyncio.create_task(both(_waits_until_cancelled(first),
+                                        _waits_until_cancelled(second))),
+               asyncio.create_task(beside(_waits_until_cancelled(third), lambda: None))]
+    await asyncio.sleep(0.01)
+    for caller in callers:
+        caller.cancel()
+    for caller in callers:
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+    assert first.is_set() and second.is_set() and third.is_set()
