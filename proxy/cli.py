@@ -13,6 +13,7 @@ from typing import Any
 
 from billing.settings import ConfigError
 from billing.store.base import StoreError
+from proxy import gc_schedule
 from proxy.config import Config, load_config
 from proxy.logs import setup_logging
 from proxy.version import __version__
@@ -91,15 +92,16 @@ async def _serve(config: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(mp))
-    try:
-        await mp.start()
-    except (OSError, StoreError) as exc:
-        log.error("cannot start: %s", exc)
+    with gc_schedule.applied(config.proxy.gc):
+        try:
+            await mp.start()
+        except (OSError, StoreError) as exc:
+            log.error("cannot start: %s", exc)
+            await mp.stop()
+            return 1
+        await stop.wait()
+        log.info("stopping: finishing in-flight exchanges and flushing events")
         await mp.stop()
-        return 1
-    await stop.wait()
-    log.info("stopping: finishing in-flight exchanges and flushing events")
-    await mp.stop()
     log.info("stopped")
     return 0
 

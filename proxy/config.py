@@ -21,6 +21,7 @@ from billing.plans import BillingSettings, Plan, parse_billing, parse_plans
 from billing.settings import ConfigError, Problem, Problems, Section
 from billing.store.pg_url import check_url
 from billing.writer import OnFull
+from proxy.gc_schedule import POLICIES, GcPolicy
 from proxy.yamlfile import line_for, parse_yaml
 from rules.identify import CustomersConfig
 from rules.load import parse_customers, parse_rules
@@ -79,6 +80,7 @@ class ProxySettings:
     max_connections: int
     server_timing: bool
     access_log: bool
+    gc: GcPolicy = "tuned"  # proxy/gc_schedule.py
 
     _trust: dict[str, bool] = field(default_factory=dict, init=False, compare=False, repr=False)
 
@@ -217,6 +219,7 @@ def _parse_proxy(s: Section) -> ProxySettings:
         max_connections=s.integer("max_connections", 10_000, minimum=1),
         server_timing=s.flag("server_timing", False),
         access_log=s.flag("access_log", False),
+        gc=s.choice("gc", POLICIES, "tuned"),
     )
     timeouts.done()
     s.done()

@@ -14,6 +14,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
     ProcessCollector,
     disable_created_metrics,
@@ -173,6 +174,8 @@ class Metrics:
         self.build_info.labels(__version__).set(1)
         # CPU, memory and file descriptors of meterproxy itself (Linux /proc).
         ProcessCollector(registry=r)
+        # Collections and collected objects per generation: what proxy.gc changes.
+        GCCollector(registry=r)
         self._precreate()
 
     def add_names(self, rule_names: Iterable[str], event_names: Iterable[str]) -> None:

@@ -189,3 +189,18 @@ async def test_run_refuses_a_port_in_use(tmp_path: Path, unused_tcp_port: int) -
     blocker.close()
     assert code == 1
     assert "cannot start" in err
+
+
+async def test_run_collects_garbage_on_the_tuned_schedule_unless_told_not_to(
+    upstream: tuple[Upstream, TestServer], tmp_path: Path
+) -> None:
+    _, server = upstream
+    tuned = write_config(tmp_path, f"http://127.0.0.1:{server.port}", name="tuned.yaml")
+    child = await Server.start(tuned)
+    assert await child.stop() == 0
+    assert "young generation every 50000 net allocations" in child.log.read_text()
+    default = write_config(tmp_path, f"http://127.0.0.1:{server.port}", proxy_extra="gc: default",
+                           name="default.yaml")
+    child = await Server.start(default)
+    assert await child.stop() == 0
+    assert "young generation" not in child.log.read_text()

@@ -143,6 +143,7 @@ MISTAKES = [
     ("currency: USD", "currency: XYZ", "currency: XYZ", "plans[0].currency: "),
     ("timezone: UTC", "timezone: Mars/Olympus", "Mars/Olympus", "billing.timezone: "),
     ("  on_full: reject", "  on_full: panic", "on_full", "storage.on_full: must be one of"),
+    ("proxy:\n", "proxy:\n  gc: off\n", "gc: off", "proxy.gc: must be one of tuned, default"),
     (
         "  on_full: reject",
         "  on_full: reject\n  writer: fork",

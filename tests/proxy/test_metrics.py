@@ -68,6 +68,16 @@ async def test_every_contract_metric_is_exposed_with_help(
         assert set(sample.labels) - {"le"} == labels
 
 
+async def test_the_collectors_work_is_exposed_per_generation(
+    upstream: tuple[Upstream, TestServer], start_proxy: StartProxy
+) -> None:
+    running = await start_proxy(url_of(upstream[1]))
+    got = await scrape(running)
+    for generation in ("0", "1", "2"):  # what proxy.gc changes (proxy/gc_schedule.py)
+        collections = got.value("python_gc_collections_total", generation=generation)
+        assert collections is not None and collections >= 0
+
+
 async def test_children_of_closed_label_sets_exist_before_any_traffic(
     upstream: tuple[Upstream, TestServer], start_proxy: StartProxy
 ) -> None:
