@@ -9,7 +9,9 @@ wherever a machine has one; here it shares that core with the load generator and
 upstream). Measured in interleaved rounds with bare and the reference meterproxy (two
 events per request, appends on its SQLite thread), the differences of CPU per request
 give what the rules and their events cost, and what one more stored event costs;
-one-client latency shows what the writer's flushes add to the tail.
+one-client latency shows what the writer's flushes add to the tail. The last variant runs
+the reference rules on CPython's own garbage collection schedule (`proxy.gc: default`):
+what the tuned schedule saves.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Variant:
     rules: str | None = None  # replaces the rules section; None: the reference's
     writer: str = "thread"  # storage.writer
     second_core: bool = False  # the store process moved to the client cores
+    gc: str = "tuned"  # proxy.gc
 
 
 # The first two are the floor's: `summarise` subtracts them from the reference.
@@ -52,6 +55,7 @@ VARIANTS = (
     Variant("reference rules, store process", writer="process"),
     Variant("reference rules, store process on the second core", writer="process",
             second_core=True),
+    Variant("reference rules, CPython's gc schedule", gc="default"),
 )
 # The rules section of the benchmark's configuration: from `rules:` to the meters' comment.
 _RULES = re.compile(r"^rules:\n.*?(?=^# Meters)", re.MULTILINE | re.DOTALL)
@@ -68,6 +72,8 @@ def variant_config(variant: Variant) -> str:
     if variant.writer != "thread":
         text = text.replace("  flush_interval: 50ms\n",
                             f"  flush_interval: 50ms\n  writer: {variant.writer}\n", 1)
+    if variant.gc != "tuned":
+        text = text.replace("proxy:\n", f"proxy:\n  gc: {variant.gc}\n", 1)
     return text
 
 

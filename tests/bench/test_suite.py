@@ -35,12 +35,13 @@ REFERENCE_RULES = ("api-calls", "images", "chat-tokens", "header-tokens", "egres
 
 
 @pytest.mark.parametrize(
-    ("index", "rules", "writer"),
-    [(0, (), "thread"), (1, ("egress",), "thread"), (2, REFERENCE_RULES, "process"),
-     (3, REFERENCE_RULES, "process")],
+    ("index", "rules", "writer", "gc"),
+    [(0, (), "thread", "tuned"), (1, ("egress",), "thread", "tuned"),
+     (2, REFERENCE_RULES, "process", "tuned"), (3, REFERENCE_RULES, "process", "tuned"),
+     (4, REFERENCE_RULES, "thread", "default")],
 )
-def test_floor_variants_differ_from_the_benchmark_config_in_rules_or_writer_only(
-    index: int, rules: tuple[str, ...], writer: str, tmp_path: Path,
+def test_floor_variants_differ_from_the_benchmark_config_in_rules_writer_or_gc_only(
+    index: int, rules: tuple[str, ...], writer: str, gc: str, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("BENCH_DB", str(tmp_path / "bench.db"))
@@ -49,6 +50,7 @@ def test_floor_variants_differ_from_the_benchmark_config_in_rules_or_writer_only
     config = load_config(str(path))
     assert config.rules.names == rules
     assert config.storage.writer == writer
+    assert config.proxy.gc == gc
     assert len(config.meters) == 7 and config.plans
     assert VARIANTS[index].second_core == (index == 3)
 
