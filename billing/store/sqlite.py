@@ -52,7 +52,7 @@ from billing.store.migrate import migrate
 from billing.store.sqlite_conn import aggregate_row as _aggregate
 from billing.store.sqlite_conn import run_in_thread
 from billing.store.sqlite_ledger import SqliteLedger
-from billing.store.sqlite_write import EVENT_COLUMNS, INSERT_CUSTOMER
+from billing.store.sqlite_write import EVENT_COLUMNS, INSERT_CUSTOMER, WATERMARK
 
 _log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class SqliteStore(SqliteLedger):
 
     async def watermark(self) -> int:
         """See `Store.watermark`."""
-        rows = await self._read("SELECT MAX(ingested_at_ms) FROM events")
+        rows = await self._read(WATERMARK)
         return next(iter(rows))[0] or 0
 
     # ---------------------------------------------------------------- aggregates

@@ -30,6 +30,7 @@ from billing.store.ledger import (
     StatementHead,
     StoredStatement,
 )
+from billing.store.sqlite_write import WATERMARK
 
 T = TypeVar("T")
 
@@ -115,7 +116,7 @@ class SqliteLedgerSnapshot:
         return await self._conn.execute_fetchall(sql, params)
 
     async def watermark(self) -> int:
-        rows = await self._rows("SELECT MAX(ingested_at_ms) FROM events")
+        rows = await self._rows(WATERMARK)
         return int(next(iter(rows))[0] or 0)
 
     async def accounts(self, ids: Ids = None) -> AccountData:

@@ -43,6 +43,10 @@ INSERT_CUSTOMER = (
     "INSERT INTO customers (id, created_at_ms) VALUES (?, ?) ON CONFLICT (id) DO NOTHING"
 )
 _INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+# The largest ingested_at (NULL: no events): the last event's, as ingested_at never
+# decreases along seq (migration 0004); a seek on the rowid.
+WATERMARK = ("SELECT (SELECT ingested_at_ms FROM events"
+             " WHERE seq = (SELECT MAX(seq) FROM events))")
 _KNOWN_IDS = "SELECT event_id FROM events WHERE event_id IN (SELECT value FROM json_each(?))"
 _REBUILD_SCAN = """
     SELECT seq, customer_id, timestamp_ms, metadata FROM events
@@ -117,7 +121,7 @@ def append(
     stored = [False] * len(events)
     known = {row[0] for row in conn.execute(_KNOWN_IDS, (json.dumps(list(firsts)),))}
     fresh = [index for event_id, index in firsts.items() if event_id not in known]
-    previous = _scalar(conn, "SELECT MAX(ingested_at_ms) FROM events")
+    previous = _scalar(conn, WATERMARK)
     if not fresh:
         return AppendResult(tuple(stored), {}, previous), []
     watermark = max(now_ms, previous + 1)
@@ -213,5 +217,6 @@ def rebuild(conn: sqlite3.Connection, meter: Meter, bucket_ms: int,
 
 
 def _scalar(conn: sqlite3.Connection, sql: str) -> int:
-    """The integer the query yields (MAX over an index or the rowid: a seek); 0 for NULL."""
+    """The integer the query yields (a seek: MAX of the rowid, the last row by it); 0 for
+    NULL."""
     return int(conn.execute(sql).fetchone()[0] or 0)

@@ -26,7 +26,8 @@ from billing.store.base import (
     split_period,
 )
 from billing.store.sqlite import SqliteStore
-from tests.store.factories import BUCKET, DAY, METERS
+from billing.store.sqlite_write import WATERMARK
+from tests.store.factories import BUCKET, DAY, METERS, event
 
 
 async def opened(path: Path, meters: Sequence[Meter] = METERS, bucket_ms: int = BUCKET,
@@ -78,6 +79,23 @@ async def test_the_file_is_wal_and_reads_do_not_wait_for_a_writer(
 
 
 # ------------------------------------------------------------------ reading
+
+
+async def test_the_watermark_is_one_seek_without_an_ingested_at_index(tmp_path: Path) -> None:
+    store = await opened(tmp_path / "w.db")
+    try:
+        assert await store.watermark() == 0
+        for i, now in enumerate([100, 100, 50, 200]):  # stamps: 100, 101, 102, 200
+            await store.append([event(f"e{i}")], now)
+        assert await store.watermark() == 200
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / "w.db") as conn:
+        indexes = {row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'")}
+        plan = " ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {WATERMARK}"))
+    assert "events_by_ingested_at" not in indexes  # migration 0004: appends skip it
+    assert "SCAN events" not in plan and "INTEGER PRIMARY KEY" in plan, plan
 
 
 @pytest.mark.parametrize(
