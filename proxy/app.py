@@ -241,6 +241,7 @@ class MeterProxy:
             for name, changed in (
                 ("proxy.listen", old.proxy.listen != new.proxy.listen),
                 ("proxy.upstream", old.proxy.upstream != new.proxy.upstream),
+                ("proxy.gc", old.proxy.gc != new.proxy.gc),
                 (
                     "proxy.max_concurrent_drains",
                     old.proxy.max_concurrent_drains != new.proxy.max_concurrent_drains,
@@ -256,7 +257,8 @@ class MeterProxy:
         ]
         if fixed:
             log.warning("reload: %s changed and will apply at the next restart", ", ".join(fixed))
-        proxy = replace(new.proxy, listen=old.proxy.listen, upstream=old.proxy.upstream)
+        proxy = replace(new.proxy, listen=old.proxy.listen, upstream=old.proxy.upstream,
+                        gc=old.proxy.gc)
         admin = replace(new.admin, listen=old.admin.listen)
         self.config = replace(
             old,
