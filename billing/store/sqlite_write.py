@@ -19,6 +19,7 @@ import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from decimal import Decimal
 
 from billing.events import UsageEvent
@@ -119,18 +120,43 @@ def append(
     for index, event in enumerate(events):
         firsts.setdefault(event.event_id, index)  # the first of a batch's duplicates wins
     stored = [False] * len(events)
-    known = {row[0] for row in conn.execute(_KNOWN_IDS, (json.dumps(list(firsts)),))}
-    fresh = [index for event_id, index in firsts.items() if event_id not in known]
     previous = _scalar(conn, WATERMARK)
+    watermark = max(now_ms, previous + 1)
+    fresh, inserted = _insert_fresh(conn, events, firsts, watermark, known_customers)
     if not fresh:
         return AppendResult(tuple(stored), {}, previous), []
-    watermark = max(now_ms, previous + 1)
-    customers = _insert(conn, batch, [events[i] for i in fresh], watermark, known_customers)
+    _fold(batch, [events[i] for i in fresh], inserted.first_seq)
     merge(conn, batch, sealed_marks(conn))
     for index in fresh:
         stored[index] = True
     deltas = AggregateDeltas(previous, watermark, batch.bucket_ms, batch.deltas)
-    return AppendResult(tuple(stored), dict(batch.skipped), watermark, deltas), customers
+    return AppendResult(tuple(stored), dict(batch.skipped), watermark, deltas), inserted.ids
+
+
+def _insert_fresh(
+    conn: sqlite3.Connection, events: Sequence[UsageEvent], firsts: Mapping[str, int],
+    ingested_at_ms: int, known_customers: AbstractSet[str],
+) -> tuple[list[int], _Inserted]:
+    """Insert the events of `firsts` (id -> index) not stored yet; their indexes, and what
+    `_insert` did. Tries them all first: proxy events are never stored already and ingested
+    ones seldom, so the ids are probed only after the unique index refused one (the
+    savepoint undoes the rows inserted before it)."""
+    fresh = list(firsts.values())
+    conn.execute("SAVEPOINT fresh")
+    try:
+        inserted = _insert(conn, [events[i] for i in fresh], ingested_at_ms, known_customers)
+    except sqlite3.IntegrityError:
+        conn.execute("ROLLBACK TO fresh")
+        conn.execute("RELEASE fresh")
+        known = {row[0] for row in conn.execute(_KNOWN_IDS, (json.dumps(list(firsts)),))}
+        if not known:
+            raise  # not a stored event_id: some other constraint refused the batch
+        fresh = [index for event_id, index in firsts.items() if event_id not in known]
+        if not fresh:
+            return [], _Inserted(0, [])
+        return fresh, _insert(conn, [events[i] for i in fresh], ingested_at_ms, known_customers)
+    conn.execute("RELEASE fresh")
+    return fresh, inserted
 
 
 def sealed_marks(conn: sqlite3.Connection) -> dict[str, int]:
@@ -138,14 +164,19 @@ def sealed_marks(conn: sqlite3.Connection) -> dict[str, int]:
     return dict(conn.execute("SELECT meter, rollups_until FROM meter_state").fetchall())
 
 
+@dataclass(frozen=True)
+class _Inserted:
+    first_seq: int  # the seq of the first event inserted
+    ids: list[str]  # the events' customers
+
+
 def _insert(
-    conn: sqlite3.Connection, batch: BatchFold, events: list[UsageEvent], ingested_at_ms: int,
+    conn: sqlite3.Connection, events: list[UsageEvent], ingested_at_ms: int,
     known_customers: AbstractSet[str],
-) -> list[str]:
-    """Insert new events (and their customers but the known ones), folding them into `batch`;
-    the events' customers."""
+) -> _Inserted:
+    """Insert new events, and their customers but the known ones. Raises IntegrityError
+    when an event_id is stored already (some rows may be in: the caller's savepoint)."""
     first_seq = _scalar(conn, "SELECT MAX(seq) FROM events") + 1
-    add = batch.add
     rows = []
     # A new customer exists from its earliest event, so its first period covers it.
     created: dict[str, int] = {}
@@ -154,11 +185,17 @@ def _insert(
         rows.append((seq, e.event_id, customer_id, e.event_name, ts_ms,
                      encode_metadata(e.metadata), e.source, ingested_at_ms))
         created[customer_id] = min(created.get(customer_id, ingested_at_ms), ts_ms)
-        add(customer_id, e.event_name, ts_ms, seq, e.metadata)
     conn.executemany(_INSERT_EVENT, rows)
     conn.executemany(INSERT_CUSTOMER, [(customer_id, first) for customer_id, first
                                        in created.items() if customer_id not in known_customers])
-    return list(created)
+    return _Inserted(first_seq, list(created))
+
+
+def _fold(batch: BatchFold, events: list[UsageEvent], first_seq: int) -> None:
+    """Fold stored events, numbered from `first_seq`, into `batch`."""
+    add = batch.add
+    for seq, e in enumerate(events, first_seq):
+        add(e.customer_id, e.event_name, e.timestamp_ms, seq, e.metadata)
 
 
 def merge(conn: sqlite3.Connection, batch: BatchFold, sealed: Mapping[str, int]) -> None:

@@ -112,6 +112,18 @@ async def test_an_event_id_is_deduplicated_forever(backend: Backend, location: s
         await again.close()
 
 
+async def test_a_stored_id_after_new_ones_leaves_no_half_insert(store: Store) -> None:
+    # Both engines insert first and probe only when refused: the refusal comes after e2's
+    # row went in, which must be undone before the new events are inserted again.
+    await store.append([event("e1", n=1)], 10)
+    result = await store.append([event("e2", n=2), event("e1", n=5), event("e3", n=3)], 20)
+    assert result.stored == (True, False, True)
+    agg = await store.meter_aggregate("tokens_sum", "c1", 0, BUCKET)
+    assert agg is not None and (agg.count, agg.value) == (3, Decimal(6))
+    page = await store.list_events(limit=10)
+    assert sorted(s.event.event_id for s in page) == ["e1", "e2", "e3"]
+
+
 async def test_a_large_batch_half_resent_folds_only_its_new_events(store: Store) -> None:
     # Larger than the PostgreSQL engine's fold slices (overlap.FOLD_SLICE), whose fold of a
     # refused insert must give way to the fold of the new events alone.
