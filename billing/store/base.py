@@ -425,6 +425,12 @@ class BatchFold:
             else:
                 add(tally, value, ts_ms, seq)
 
+    def add_all(self, events: Iterable[UsageEvent], first_seq: int) -> None:
+        """Fold stored events, numbered from `first_seq` in order."""
+        add = self.add
+        for seq, e in enumerate(events, first_seq):
+            add(e.customer_id, e.event_name, e.timestamp_ms, seq, e.metadata)
+
     @property
     def deltas(self) -> dict[str, dict[tuple[str, int], Aggregate]]:
         """Per meter with any delta, (customer_id, bucket_start) -> the fold of its events."""

@@ -125,7 +125,7 @@ def append(
     fresh, inserted = _insert_fresh(conn, events, firsts, watermark, known_customers)
     if not fresh:
         return AppendResult(tuple(stored), {}, previous), []
-    _fold(batch, [events[i] for i in fresh], inserted.first_seq)
+    batch.add_all([events[i] for i in fresh], inserted.first_seq)
     merge(conn, batch, sealed_marks(conn))
     for index in fresh:
         stored[index] = True
@@ -189,13 +189,6 @@ def _insert(
     conn.executemany(INSERT_CUSTOMER, [(customer_id, first) for customer_id, first
                                        in created.items() if customer_id not in known_customers])
     return _Inserted(first_seq, list(created))
-
-
-def _fold(batch: BatchFold, events: list[UsageEvent], first_seq: int) -> None:
-    """Fold stored events, numbered from `first_seq`, into `batch`."""
-    add = batch.add
-    for seq, e in enumerate(events, first_seq):
-        add(e.customer_id, e.event_name, e.timestamp_ms, seq, e.metadata)
 
 
 def merge(conn: sqlite3.Connection, batch: BatchFold, sealed: Mapping[str, int]) -> None:
