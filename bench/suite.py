@@ -2,7 +2,8 @@
 
 Order: warm-up, throughput (32 and 256 connections), one-client latency, SSE, then a soak
 of meterproxy up to 1M requests (profiled by py-spy meanwhile) with its RSS before and
-after, 1 GB each way through bare and meterproxy, ingest, and the billing slot. The soak
+after, 1 GB each way through bare and meterproxy, ingest (into the reference meterproxy,
+then into fresh ones on SQLite and on PostgreSQL, side by side), and the billing slot. The soak
 gets whatever time the others leave within the run's budget, and says how far it got.
 
 A plan may name only some phases (`PHASES`), to iterate on one figure in minutes; `floor`
@@ -18,6 +19,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import asyncpg  # type: ignore[import-untyped]
+
 from bench import billing_slot, calls, floor, ingest, memory, pyspy, sse
 from bench.fleet import ADMIN_TOKEN, Fleet, start_fleet
 from bench.loadgen import CUSTOMERS, LoadGenerator, pick_generator
@@ -27,6 +30,11 @@ from bench.report import Row, machine_lines, render_table, verdict
 MB = 1_000_000
 MAX_GROWTH_MB = 50
 MIN_INGEST_PER_S = 100_000
+MIN_FLEET_INGEST_PER_S = 50_000  # the fleet issue's, per replica
+# Where the PostgreSQL ingest creates its scratch database (dropped after).
+PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ENGINES = (("sqlite", "SQLite", MIN_INGEST_PER_S),
+           ("postgresql", "PostgreSQL (fleet mode, one replica)", MIN_FLEET_INGEST_PER_S))
 PROFILE_CONNECTIONS = memory.SOAK_CONNECTIONS
 TOP_FRAMES = 15
 # What a run can measure; `make bench` runs DEFAULT_PHASES (all but the floor).
@@ -70,8 +78,8 @@ class Plan:
         )
 
 
-FULL = Plan("full", 3, 4, 3, 1_000_000, 1_000_000_000, 200, 15, 300, 590, 55)
-QUICK = Plan("quick", 1, 2, 1, 30_000, 100_000_000, 20, 5, 30, 100, 25)
+FULL = Plan("full", 3, 4, 3, 1_000_000, 1_000_000_000, 200, 15, 300, 590, 85)
+QUICK = Plan("quick", 1, 2, 1, 30_000, 100_000_000, 20, 5, 30, 100, 35)
 
 
 @dataclass
@@ -286,7 +294,32 @@ async def _ingest(plan: Plan, fleet: Fleet, out: Outcome) -> int:
             verdict=verdict(done.per_second >= MIN_INGEST_PER_S),
         )
     )
+    await _fresh_ingest(plan, out)
     return done.stored
+
+
+async def _fresh_ingest(plan: Plan, out: Outcome) -> None:
+    """Ingest into a fresh `meterproxy run` per engine, alone on the proxies' core: the
+    SQLite and PostgreSQL figures side by side (a note instead when one cannot run)."""
+    for engine, label, target in ENGINES:
+        try:
+            served = await ingest.one_run(engine, plan.ingest_batches, None, PG_ADMIN_URL)
+        except (OSError, RuntimeError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            out.notes.append(f"ingest into a fresh meterproxy on {label}: not measured ({exc})")
+            continue
+        out.rows.append(fresh_ingest_row(label, served, target))
+
+
+def fresh_ingest_row(label: str, served: ingest.Served, target: int) -> Row:
+    rate = served.ingested.per_second
+    return Row(
+        figure=f"ingest into a fresh meterproxy on one core, {label}, {ingest.BATCH:,}-event"
+        f" batches, {ingest.CONCURRENCY} clients (events/s; CPU us per event)",
+        meterproxy=f"{rate:,.0f}; {served.cpu_us_per_event:.1f}",
+        result=f"{rate:,.0f}/s",
+        target=f">= {target:,}/s",
+        verdict=verdict(rate >= target),
+    )
 
 
 def _report(plan: Plan, out: Outcome, generator: str, nginx: str, seconds: float) -> str:

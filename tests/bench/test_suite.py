@@ -1,15 +1,19 @@
-"""bench/suite.py plans restricted to some phases; bench/floor.py's variant configurations."""
+"""bench/suite.py plans restricted to some phases and its fresh-server ingest rows;
+bench/floor.py's variant configurations."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from bench import suite
 from bench.calls import Run
 from bench.floor import VARIANTS, latency, summarise, variant_config
+from bench.ingest import Ingested, Served
 from bench.loadgen import LoadResult
-from bench.suite import DEFAULT_PHASES, FULL, QUICK
+from bench.suite import DEFAULT_PHASES, FULL, QUICK, Outcome, _fresh_ingest, fresh_ingest_row
 from proxy.config import load_config
 
 
@@ -75,3 +79,24 @@ def test_floor_rows_pair_each_variant_with_bare() -> None:
     assert results[3] == "+120; +60"  # the rules and 2 events; the api.call rule and its event
     assert results[4] == "+100 us; +2,000 us"
     assert results[5] == "+40 us; +100 us"
+
+
+def test_a_fresh_ingest_row_shows_rate_and_cpu_and_is_judged_by_its_target() -> None:
+    served = Served(Ingested(60_000, 60_000, 1.5), cpu_seconds=0.9)  # 40,000/s, 15 us/event
+    row = fresh_ingest_row("PostgreSQL (fleet mode, one replica)", served, 50_000)
+    assert row.meterproxy == "40,000; 15.0"
+    assert (row.result, row.target, row.verdict) == ("40,000/s", ">= 50,000/s", "**missed**")
+    assert fresh_ingest_row("SQLite", served, 30_000).verdict == "met"
+
+
+async def test_fresh_ingest_measures_sqlite_and_notes_a_postgresql_it_cannot_reach(
+    monkeypatch: pytest.MonkeyPatch, unused_tcp_port: int,
+) -> None:
+    closed = f"postgresql://postgres@127.0.0.1:{unused_tcp_port}/x"
+    monkeypatch.setattr(suite, "PG_ADMIN_URL", closed)
+    out = Outcome()
+    await _fresh_ingest(replace(QUICK, ingest_batches=2), out)
+    assert [row.figure.split(",")[1].strip() for row in out.rows] == ["SQLite"]
+    assert out.rows[0].meterproxy.split(";")[0] != "0"
+    assert len(out.notes) == 1
+    assert "PostgreSQL (fleet mode, one replica): not measured" in out.notes[0]
