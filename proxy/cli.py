@@ -8,13 +8,13 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from billing.settings import ConfigError
 from billing.store.base import StoreError
 from proxy import gc_schedule
 from proxy.config import Config, load_config
+from proxy.event_loop import run_event_loop
 from proxy.logs import setup_logging
 from proxy.version import __version__
 
@@ -72,15 +72,6 @@ def _check(config: Config) -> int:
         f"{len(config.plans)} plans"
     )
     return 0
-
-
-def run_event_loop(coro: Coroutine[Any, Any, int]) -> int:
-    """Run `coro` to its exit code on uvloop where installed, else asyncio's loop."""
-    try:
-        import uvloop
-    except ImportError:  # uvloop is optional (not on every platform)
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 async def _serve(config: Config) -> int:

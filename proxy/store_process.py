@@ -44,6 +44,7 @@ from billing.events import UsageEvent
 from billing.meters import Aggregate, Meter
 from billing.store.base import AggregateDeltas, AppendResult, StoreError, is_transient
 from billing.store.pg_connection import StoreUnreachable
+from proxy.event_loop import run_event_loop
 
 log = logging.getLogger(__name__)
 
@@ -305,8 +306,6 @@ def _setup_child_logging(spec: ChildSpec) -> None:
 
 
 def main() -> int:
-    from proxy.cli import run_event_loop
-
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     return run_event_loop(_serve_child())
