@@ -165,10 +165,11 @@ class PostgresStore(PostgresLedger):
             if version != self._meters_version:  # another replica changed the built meters
                 await self._adopt(conn, version)
             stamp = max(now_ms, watermark + 1)
-            fresh, batch = await self._insert_fresh(conn, events, firsts, last_seq + 1, stamp)
+            fresh, new, batch = await self._insert_fresh(conn, events, firsts, last_seq + 1,
+                                                         stamp)
             if not fresh:
                 return AppendResult(tuple(stored), {}, watermark)
-            created = self._unknown_customers([events[i] for i in fresh], stamp)
+            created = self._unknown_customers(new, stamp)
             if created:
                 await pg_customers.insert_missing(conn, created)
             by_meter = await self._merge(conn, batch, until)
@@ -180,28 +181,34 @@ class PostgresStore(PostgresLedger):
         deltas = AggregateDeltas(watermark, stamp, self._bucket_ms, by_meter)
         return AppendResult(tuple(stored), dict(batch.skipped), stamp, deltas)
 
-    async def _insert_fresh(self, conn: Connection, events: Sequence[UsageEvent],
-                            firsts: Mapping[str, int], first_seq: int,
-                            stamp: int) -> tuple[list[int], BatchFold]:
+    async def _insert_fresh(
+        self, conn: Connection, events: Sequence[UsageEvent], firsts: Mapping[str, int],
+        first_seq: int, stamp: int,
+    ) -> tuple[list[int], list[UsageEvent], BatchFold]:
         """Insert the events of `firsts` (id -> index) not stored yet, numbered from
-        `first_seq`; their indexes, and their fold. Tries them all first, folding them
-        meanwhile: a probe of every id, and a second fold, only follow a refusal
-        (pg_events.insert)."""
+        `first_seq`; their indexes, the events, and their fold. Tries them all first: a probe
+        of every id, and a second fold, only follow a refusal (pg_events.insert)."""
         fresh = list(firsts.values())
         new = [events[i] for i in fresh]
-        batch = BatchFold(self._folded, self._bucket_ms)
-        inserted, _ = await overlap.both(pg_events.insert(conn, new, first_seq, stamp),
-                                         overlap.fold_in_slices(batch, new, first_seq))
+        inserted, batch = await self._insert_folding(conn, new, first_seq, stamp)
         if inserted:
-            return fresh, batch
+            return fresh, new, batch
         known = await pg_events.known_ids(conn, firsts)
         fresh = [index for event_id, index in firsts.items() if event_id not in known]
         new = [events[i] for i in fresh]
+        if not fresh:  # nothing new: no fold (the one above assumed all were)
+            return fresh, new, BatchFold(self._folded, self._bucket_ms)
+        _, batch = await self._insert_folding(conn, new, first_seq, stamp)
+        return fresh, new, batch
+
+    async def _insert_folding(self, conn: Connection, events: list[UsageEvent], first_seq: int,
+                              stamp: int) -> tuple[bool, BatchFold]:
+        """`pg_events.insert` of the events, folding them meanwhile (overlap.py): whether
+        they were stored, and their fold (to be dropped when they were not)."""
         batch = BatchFold(self._folded, self._bucket_ms)
-        if fresh:
-            await overlap.both(pg_events.insert(conn, new, first_seq, stamp),
-                               overlap.fold_in_slices(batch, new, first_seq))
-        return fresh, batch
+        inserted, _ = await overlap.both(pg_events.insert(conn, events, first_seq, stamp),
+                                         overlap.fold_in_slices(batch, events, first_seq))
+        return inserted, batch
 
     async def _seal_passed_days(self, conn: Connection, stamp_ms: int, until_ms: int) -> None:
         """Seal the days that ended long enough before `stamp_ms` (pg_rollups.py)."""

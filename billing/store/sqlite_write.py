@@ -125,7 +125,7 @@ def append(
     fresh, inserted = _insert_fresh(conn, events, firsts, watermark, known_customers)
     if not fresh:
         return AppendResult(tuple(stored), {}, previous), []
-    batch.add_all([events[i] for i in fresh], inserted.first_seq)
+    batch.add_all(inserted.events, inserted.first_seq)
     merge(conn, batch, sealed_marks(conn))
     for index in fresh:
         stored[index] = True
@@ -153,7 +153,7 @@ def _insert_fresh(
             raise  # not a stored event_id: some other constraint refused the batch
         fresh = [index for event_id, index in firsts.items() if event_id not in known]
         if not fresh:
-            return [], _Inserted(0, [])
+            return [], _Inserted(0, [], [])
         return fresh, _insert(conn, [events[i] for i in fresh], ingested_at_ms, known_customers)
     conn.execute("RELEASE fresh")
     return fresh, inserted
@@ -167,6 +167,7 @@ def sealed_marks(conn: sqlite3.Connection) -> dict[str, int]:
 @dataclass(frozen=True)
 class _Inserted:
     first_seq: int  # the seq of the first event inserted
+    events: list[UsageEvent]  # the events inserted, in seq order
     ids: list[str]  # the events' customers
 
 
@@ -188,7 +189,7 @@ def _insert(
     conn.executemany(_INSERT_EVENT, rows)
     conn.executemany(INSERT_CUSTOMER, [(customer_id, first) for customer_id, first
                                        in created.items() if customer_id not in known_customers])
-    return _Inserted(first_seq, list(created))
+    return _Inserted(first_seq, events, list(created))
 
 
 def merge(conn: sqlite3.Connection, batch: BatchFold, sealed: Mapping[str, int]) -> None:
