@@ -135,6 +135,6 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--customers", type=int, default=1_000)
     parser.add_argument("--ingest-batches", type=int, default=100)
-    parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--admin-url", default=ingest.ADMIN_URL)
     args = parser.parse_args()
     asyncio.run(main(args.events, args.customers, args.ingest_batches, args.admin_url))

@@ -43,6 +43,8 @@ from billing.events import format_timestamp, now_ms
 
 BATCH = 1_000
 CONCURRENCY = 4
+# The local cluster (trust auth), where PostgreSQL runs get a scratch database each.
+ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ROOT = Path(__file__).resolve().parent.parent
 ENGINES = ("sqlite", "postgresql")
 # Runs proxy.cli from the tree named by the first argument (`--before`), not this one.
@@ -241,7 +243,7 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--before", type=Path, default=None)
-    parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--admin-url", default=ADMIN_URL)
     parser.add_argument("--all-cores", action="store_true",
                         help="let meterproxy use every core (default: the first one alone)")
     parser.add_argument("--clients", type=int, default=CONCURRENCY,

@@ -32,7 +32,7 @@ MAX_GROWTH_MB = 50
 MIN_INGEST_PER_S = 100_000
 MIN_FLEET_INGEST_PER_S = 50_000  # the fleet issue's, per replica
 # Where the PostgreSQL ingest creates its scratch database (dropped after).
-PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", ingest.ADMIN_URL)
 ENGINES = (("sqlite", "SQLite", MIN_INGEST_PER_S),
            ("postgresql", "PostgreSQL (fleet mode, one replica)", MIN_FLEET_INGEST_PER_S))
 PROFILE_CONNECTIONS = memory.SOAK_CONNECTIONS
