@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from billing.events import parse_timestamp
 from billing.ingest import (
+    BatchParser,
     IngestWindow,
     InvalidBatch,
     Issue,
@@ -268,3 +269,44 @@ def test_the_fast_path_remembers_a_timestamp_outside_the_window_as_invalid() -> 
     late = "2026-11-25T10:00:00Z"
     payload = {"events": [event(event_id=f"e{i}", timestamp=late) for i in range(3)]}
     assert issues_of(payload) == [(i, "timestamp") for i in range(3)]
+
+
+# ------------------------------------------------------------------ slices
+
+
+def _batch(n: int) -> dict[str, Any]:
+    return {"events": [event(event_id=f"e{i}") for i in range(n)]}
+
+
+@pytest.mark.parametrize(("n", "pauses"), [(1, 0), (BatchParser.SLICE, 0),
+                                           (BatchParser.SLICE + 1, 1), (1000, 4)])
+def test_a_batch_is_read_in_slices_with_a_pause_between_each(n: int, pauses: int) -> None:
+    parser = BatchParser(_batch(n), NOW, WINDOW)
+    assert sum(1 for _ in parser.slices()) == pauses
+    assert [e.event_id for e in parser.events()] == [f"e{i}" for i in range(n)]
+
+
+def test_problems_of_every_slice_are_named_together() -> None:
+    payload = _batch(1000)
+    payload["events"][3]["customer_id"] = "no spaces"
+    payload["events"][999]["event_id"] = "e0"  # a duplicate across slices
+    parser = BatchParser(payload, NOW, WINDOW)
+    for _ in parser.slices():
+        pass
+    with pytest.raises(InvalidBatch) as caught:
+        parser.events()
+    assert [(i.index, i.field) for i in caught.value.issues] == [
+        (3, "customer_id"), (999, "event_id")
+    ]
+
+
+def test_the_envelope_is_checked_before_any_slice() -> None:
+    with pytest.raises(InvalidBatch, match="expected 1 to 1000 events, got 1001"):
+        BatchParser(_batch(1001), NOW, WINDOW)
+
+
+def test_events_before_every_slice_was_read_is_a_programming_error() -> None:
+    parser = BatchParser(_batch(BatchParser.SLICE * 2), NOW, WINDOW)
+    next(iter(parser.slices()))
+    with pytest.raises(RuntimeError, match="before every slice"):
+        parser.events()
