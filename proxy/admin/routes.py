@@ -3,6 +3,7 @@ each one declares, and JSON errors for everything (unknown routes and bugs inclu
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -12,6 +13,7 @@ from aiohttp import web
 
 from billing.ingest import MAX_BODY_BYTES
 from billing.store.base import StoreError
+from proxy.admin.events import PARSING_TURN
 from proxy.admin.openapi import Auth, Handler, Operation
 from proxy.admin.operations import OPERATIONS
 from proxy.admin.params import ApiError
@@ -38,6 +40,7 @@ def build_admin_app(mp: MeterProxy) -> web.Application:
     app = web.Application(
         middlewares=[json_errors, _auth_middleware(mp, auth)], client_max_size=MAX_BODY_BYTES
     )
+    app[PARSING_TURN] = asyncio.Lock()
     _register(app, mp, OPERATIONS)
     return app
 

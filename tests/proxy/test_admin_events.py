@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from typing import Any
 
@@ -10,6 +11,8 @@ import pytest
 from dodopayments import AsyncDodoPayments
 
 from billing.events import format_timestamp, now_ms
+from billing.ingest import IngestWindow, InvalidBatch
+from proxy.admin.events import _parse
 from tests.conftest import ADMIN_TOKEN, AUTH, Running, StartProxy
 
 
@@ -279,3 +282,27 @@ async def test_admin_bodies_with_unstorable_text_are_400_not_500(
     ) as r:
         assert r.status == 400
         assert (await r.json())["error"]["code"] == "invalid_request"
+
+
+async def test_a_batch_is_validated_only_in_its_turn() -> None:
+    turn = asyncio.Lock()
+    body = json.dumps(
+        {"events": [{"event_id": f"t{i}", "customer_id": "acme", "event_name": "api.call"}
+                    for i in range(1000)]}
+    ).encode()
+    window = IngestWindow(past_ms=3_600_000, future_ms=300_000)
+    async with turn:  # another batch is being validated
+        parsing = asyncio.ensure_future(_parse(turn, body, now_ms(), window))
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert not parsing.done()
+    assert [e.event_id for e in await parsing] == [f"t{i}" for i in range(1000)]
+    assert not turn.locked()
+
+
+async def test_a_batch_that_fails_validation_gives_up_its_turn() -> None:
+    turn = asyncio.Lock()
+    window = IngestWindow(past_ms=3_600_000, future_ms=300_000)
+    with pytest.raises(InvalidBatch):
+        await _parse(turn, b'{"events": [{"event_id": "x"}]}', now_ms(), window)
+    assert not turn.locked()
