@@ -83,10 +83,13 @@ def test_floor_rows_pair_each_variant_with_bare() -> None:
 
 def test_a_fresh_ingest_row_shows_rate_and_cpu_and_is_judged_by_its_target() -> None:
     served = Served(Ingested(60_000, 60_000, 1.5), cpu_seconds=0.9)  # 40,000/s, 15 us/event
-    row = fresh_ingest_row("PostgreSQL (fleet mode, one replica)", served, 50_000)
+    row = fresh_ingest_row("PostgreSQL (fleet mode, one replica)", served, 16, 50_000)
+    assert "16 clients" in row.figure
     assert row.meterproxy == "40,000; 15.0"
     assert (row.result, row.target, row.verdict) == ("40,000/s", ">= 50,000/s", "**missed**")
-    assert fresh_ingest_row("SQLite", served, 30_000).verdict == "met"
+    assert fresh_ingest_row("SQLite", served, 16, 30_000).verdict == "met"
+    unjudged = fresh_ingest_row("SQLite", served, 4, None)
+    assert (unjudged.target, unjudged.verdict) == ("-", "-")
 
 
 async def test_fresh_ingest_measures_sqlite_and_notes_a_postgresql_it_cannot_reach(
@@ -96,7 +99,10 @@ async def test_fresh_ingest_measures_sqlite_and_notes_a_postgresql_it_cannot_rea
     monkeypatch.setattr(suite, "PG_ADMIN_URL", closed)
     out = Outcome()
     await _fresh_ingest(replace(QUICK, ingest_batches=2), out)
-    assert [row.figure.split(",")[1].strip() for row in out.rows] == ["SQLite"]
-    assert out.rows[0].meterproxy.split(";")[0] != "0"
+    assert [row.figure.split(",")[1].strip() for row in out.rows] == ["SQLite", "SQLite"]
+    assert [" 4 clients" in row.figure for row in out.rows] == [True, False]
+    assert [" 16 clients" in row.figure for row in out.rows] == [False, True]
+    assert [row.target for row in out.rows] == ["-", ">= 100,000/s"]  # the larger judged
+    assert all(row.meterproxy.split(";")[0] != "0" for row in out.rows)
     assert len(out.notes) == 1
     assert "PostgreSQL (fleet mode, one replica): not measured" in out.notes[0]
