@@ -98,9 +98,10 @@ class PostgresBackend:
         self._admin_url = admin_url
         self._databases: list[str] = []
 
-    async def location(self) -> str:
+    async def location(self, options: str = "") -> str:
+        """A new database, made with CREATE DATABASE's `options` (default: the cluster's)."""
         name = f"test_{uuid.uuid4().hex}"
-        await self._admin(f"CREATE DATABASE {name}")
+        await self._admin(f"CREATE DATABASE {name} {options}")
         self._databases.append(name)
         return urlunsplit(urlsplit(self._admin_url)._replace(path=f"/{name}"))
 

@@ -183,6 +183,29 @@ async def test_a_connection_lost_mid_append_is_unreachable_and_the_pool_recovers
         await store.close()
 
 
+async def test_every_text_column_compares_bytes_as_sqlite_does(pg: PostgresBackend,
+                                                                url: str) -> None:
+    await (await opened(pg, url)).close()
+    columns = await pg.rows(url, "SELECT table_name, column_name, collation_name"
+                                 " FROM information_schema.columns"
+                                 " WHERE table_schema = 'public' AND data_type = 'text'")
+    assert len(columns) > 30
+    assert [c for c in columns if c[2] != "C"] == []  # a later migration forgot COLLATE "C"
+
+
+async def test_ids_are_listed_in_byte_order_under_a_language_collation(
+    pg: PostgresBackend,
+) -> None:
+    # Under en-US, "a" < "A" < "b" < "B"; SQLite (and Python) order them A B a b.
+    url = await pg.location("TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'")
+    store = await opened(pg, url)
+    ids = ["b", "B", "a", "A", "a-1", "a_1", "Z", "a.1"]
+    for customer in ids:
+        await store.ensure_customer(customer, 1)
+    assert [c.customer_id for c in await store.list_customers(100)] == sorted(ids)
+    await store.close()
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
