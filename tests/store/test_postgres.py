@@ -16,6 +16,7 @@ import pytest
 
 from billing.store.base import AppendResult, Store, StoreError
 from billing.store.pg_connection import StoreUnreachable
+from billing.store.pg_schema import packaged_migrations
 from billing.store.pg_url import redact
 from billing.store.postgres import PostgresStore
 from tests.store.backends import PostgresBackend
@@ -204,6 +205,30 @@ async def test_ids_are_listed_in_byte_order_under_a_language_collation(
         await store.ensure_customer(customer, 1)
     assert [c.customer_id for c in await store.list_customers(100)] == sorted(ids)
     await store.close()
+
+
+async def test_migration_0004_keeps_the_rows_and_the_final_statement_guard(
+    pg: PostgresBackend,
+) -> None:
+    url = await pg.location("TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'")
+    await pg.execute(url, "CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
+                          " name text NOT NULL, applied_at_ms bigint NOT NULL)")
+    for version, name, sql in packaged_migrations()[:3]:
+        await pg.execute(url, sql)
+        await pg.execute(url, f"INSERT INTO schema_migrations VALUES ({version}, '{name}', 0)")
+    await pg.execute(url, "INSERT INTO customers VALUES ('a', 1, NULL, NULL),"
+                          " ('B', 2, 'pro', NULL)")
+    store = await opened(pg, url)
+    try:
+        assert [(c.customer_id, c.plan) for c in await store.list_customers(10)] == [
+            ("B", "pro"), ("a", None)]  # byte order now; en-US put a first
+    finally:
+        await store.close()
+    [(trigger,)] = await pg.rows(url, "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE"
+                                      " tgrelid = 'statements'::regclass AND NOT tgisinternal")
+    assert trigger.startswith("CREATE TRIGGER final_statements_never_change BEFORE DELETE OR"
+                              " UPDATE ON public.statements FOR EACH ROW WHEN ((old.status ="
+                              " 'final'::text))")
 
 
 def closed_port() -> int:
