@@ -143,14 +143,21 @@ async def scratch_database(admin_url: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-async def serve_and_ingest(
-    workdir: Path, bodies: list[bytes], url: str | None, tree: Path | None = None,
-    all_cores: bool = False, clients: int = CONCURRENCY,
-) -> Served:
-    """Post `bodies` to a new `meterproxy run` (from `tree`, default this one) on an SQLite
-    file, or in fleet mode on `url`, pinned alone to the first core (the clients on the
-    others), or with `all_cores` free to use every core as the clients are; five warm-up
-    batches first."""
+@dataclass(frozen=True)
+class Server:
+    """A running `meterproxy run` of the benchmark configuration: its admin URL and pid."""
+
+    admin_url: str
+    pid: int
+
+
+@asynccontextmanager
+async def running_server(
+    workdir: Path, url: str | None, tree: Path | None = None, all_cores: bool = False,
+) -> AsyncIterator[Server]:
+    """A new `meterproxy run` (from `tree`, default this one) on an SQLite file in `workdir`,
+    or in fleet mode on `url`, pinned alone to the first core (the clients on the others), or
+    with `all_cores` free to use every core as the clients are; stopped on exit."""
     name = f"meterproxy-{uuid.uuid4().hex[:8]}"
     text = CONFIG.read_text()
     if url is not None:
@@ -168,13 +175,21 @@ async def serve_and_ingest(
         cpus = frozenset(os.sched_getaffinity(0)) if all_cores else cpu_split()[0]
         process = processes.start(name, [*command, "run", "-c", str(config)], cpus, env)
         await wait_for_port(admin, process, 30.0)
-        admin_url = f"http://127.0.0.1:{admin}"
-        await ingest(admin_url, ADMIN_TOKEN, batch_bodies(5))
-        cpu_before = cpu_seconds(process.pid)
-        done = await ingest(admin_url, ADMIN_TOKEN, bodies, clients)
-        return Served(done, cpu_seconds(process.pid) - cpu_before)
+        yield Server(f"http://127.0.0.1:{admin}", process.pid)
     finally:
         processes.stop_all()
+
+
+async def serve_and_ingest(
+    workdir: Path, bodies: list[bytes], url: str | None, tree: Path | None = None,
+    all_cores: bool = False, clients: int = CONCURRENCY,
+) -> Served:
+    """Post `bodies` to a new `running_server`, five warm-up batches first."""
+    async with running_server(workdir, url, tree, all_cores) as server:
+        await ingest(server.admin_url, ADMIN_TOKEN, batch_bodies(5))
+        cpu_before = cpu_seconds(server.pid)
+        done = await ingest(server.admin_url, ADMIN_TOKEN, bodies, clients)
+        return Served(done, cpu_seconds(server.pid) - cpu_before)
 
 
 async def one_run(engine: str, batches: int, tree: Path | None, admin_url: str,
