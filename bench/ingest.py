@@ -180,6 +180,17 @@ async def running_server(
         processes.stop_all()
 
 
+@asynccontextmanager
+async def engine_url(engine: str, admin_url: str) -> AsyncIterator[str | None]:
+    """Where a run on `engine` stores: None for SQLite (a file of the server's), else a
+    scratch database on the server of `admin_url`, dropped on exit."""
+    if engine == "sqlite":
+        yield None
+        return
+    async with scratch_database(admin_url) as url:
+        yield url
+
+
 async def serve_and_ingest(
     workdir: Path, bodies: list[bytes], url: str | None, tree: Path | None = None,
     all_cores: bool = False, clients: int = CONCURRENCY,
@@ -197,9 +208,7 @@ async def one_run(engine: str, batches: int, tree: Path | None, admin_url: str,
     """A run of `batches` fresh batches on `engine` (a scratch database for PostgreSQL)."""
     bodies = batch_bodies(batches)
     with tempfile.TemporaryDirectory() as tmp:
-        if engine == "sqlite":
-            return await serve_and_ingest(Path(tmp), bodies, None, tree, all_cores, clients)
-        async with scratch_database(admin_url) as url:
+        async with engine_url(engine, admin_url) as url:
             return await serve_and_ingest(Path(tmp), bodies, url, tree, all_cores, clients)
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +31,9 @@ from bench.ingest import (
     ENGINES,
     Server,
     batch_bodies,
+    engine_url,
     ingest,
     running_server,
-    scratch_database,
 )
 from bench.processes import cpu_seconds
 
@@ -94,19 +95,27 @@ async def grow(server: Server, fill: int, probe: int, clients: int,
             for name, batches in (("first probe", probe), ("fill", fill), ("last probe", probe))]
 
 
+@asynccontextmanager
+async def engine_written(url: str | None, pid: int) -> AsyncIterator[Written]:
+    """What the engine writes: the server process's bytes on SQLite (`url` None), the WAL
+    of the PostgreSQL server at `url`."""
+    if url is None:
+        yield process_written(pid)
+        return
+    conn = await asyncpg.connect(url)
+    try:
+        yield wal_written(conn)
+    finally:
+        await conn.close()
+
+
 async def one_engine(engine: str, fill: int, probe: int, clients: int,
                      admin_url: str) -> list[Stage]:
     with tempfile.TemporaryDirectory() as tmp:
-        if engine == "sqlite":
-            async with running_server(Path(tmp), None) as server:
-                return await grow(server, fill, probe, clients, process_written(server.pid))
-        async with scratch_database(admin_url) as url:
-            conn = await asyncpg.connect(url)
-            try:
-                async with running_server(Path(tmp), url) as server:
-                    return await grow(server, fill, probe, clients, wal_written(conn))
-            finally:
-                await conn.close()
+        async with (engine_url(engine, admin_url) as url,
+                    running_server(Path(tmp), url) as server,
+                    engine_written(url, server.pid) as written):
+            return await grow(server, fill, probe, clients, written)
 
 
 def table(found: dict[str, list[Stage]], clients: int) -> str:
