@@ -130,7 +130,7 @@ def append(
     for index in fresh:
         stored[index] = True
     deltas = AggregateDeltas(previous, watermark, batch.bucket_ms, batch.deltas)
-    return AppendResult(tuple(stored), dict(batch.skipped), watermark, deltas), inserted.ids
+    return AppendResult(tuple(stored), dict(batch.skipped), watermark, deltas), inserted.customers
 
 
 def _insert_fresh(
@@ -168,7 +168,7 @@ def sealed_marks(conn: sqlite3.Connection) -> dict[str, int]:
 class _Inserted:
     first_seq: int  # the seq of the first event inserted
     events: list[UsageEvent]  # the events inserted, in seq order
-    ids: list[str]  # the events' customers
+    customers: list[str]  # the events' customers
 
 
 def _insert(
