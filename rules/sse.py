@@ -118,8 +118,14 @@ class SseParser:
             return
         self._line.append(piece)
         self._line_size += len(piece)
-        if self._line_size > self._limit + _DATA_PREFIX:
-            self._line_head = b"".join(self._line)[:5]  # enough to tell "data:" lines
+        # The first line may start with a byte-order mark, which `_take_line` drops: room
+        # for it, and the head taken after it, or a long first data line would not be seen.
+        room = self._limit + _DATA_PREFIX + (len(_BOM) if self._first else 0)
+        if self._line_size > room:
+            held = b"".join(self._line)
+            if self._first:
+                held = held.removeprefix(_BOM)
+            self._line_head = held[:5]  # enough to tell "data:" lines
             self._line.clear()
 
     def _take_line(self, end: bytes, events: list[SseEvent]) -> None:

@@ -210,6 +210,23 @@ def test_a_long_line_in_small_chunks_is_not_buffered() -> None:
     assert events == [SseEvent(b"", "message", oversized=True), SseEvent(b"ok")]
 
 
+@pytest.mark.parametrize("cut", [1, 3, 20, 71, 109])
+def test_an_oversized_first_line_after_a_byte_order_mark_is_reported_at_any_cut(
+    cut: int,
+) -> None:
+    stream = b"\xef\xbb\xbfdata: " + b"x" * 101 + b"\n\ndata: small\n\n"
+    assert parse([stream[:cut], stream[cut:]], limit=100) == [
+        SseEvent(b"", "message", oversized=True),
+        SseEvent(b"small"),
+    ]
+
+
+def test_a_first_line_within_the_limit_after_a_byte_order_mark_is_kept_at_any_cut() -> None:
+    stream = b"\xef\xbb\xbfdata: " + b"x" * 100 + b"\n\n"  # the data is exactly the limit
+    for cut in range(1, len(stream)):
+        assert parse([stream[:cut], stream[cut:]], limit=100) == [SseEvent(b"x" * 100)]
+
+
 def test_a_long_comment_or_other_field_drops_nothing() -> None:
     stream = b": " + b"c" * 5000 + b"\nevent: " + b"e" * 5000 + b"\ndata: kept\n\n"
     chunks = [stream[i : i + 100] for i in range(0, len(stream), 100)]
