@@ -13,6 +13,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from billing.events import Source, StoredEvent, UsageEvent
 from billing.store.base import decode_metadata, encode_metadata
+from billing.store.epochs import literal_bounds, pg_in_epochs
 from billing.store.pg_connection import Connection, Row
 
 _COLUMNS = (
@@ -77,6 +78,8 @@ async def page(
     }
     used = [(sql, value) for sql, value in conditions.items() if value is not None]
     where = " AND ".join(sql % n for n, (sql, _) in enumerate(used, 1)) or "true"
+    if customer_id is not None:  # the index serves a customer's events epoch by epoch
+        where += " AND " + pg_in_epochs("events", *literal_bounds(start_ms, end_ms))
     rows = await conn.fetch(
         f"{_SELECT} WHERE {where} ORDER BY timestamp_ms DESC, seq DESC"
         f" LIMIT ${len(used) + 1} OFFSET ${len(used) + 2}",

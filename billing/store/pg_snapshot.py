@@ -19,6 +19,7 @@ from billing.cycles import Period
 from billing.meters import Aggregate, Meter
 from billing.statement import StatementStatus
 from billing.store.base import ROLLUP_BUCKETS, Customer, fold_rows, plan_read
+from billing.store.epochs import pg_in_epochs
 from billing.store.ledger import (
     AccountData,
     Burn,
@@ -84,6 +85,7 @@ _LATE_RECENT = f"""
     JOIN events AS e ON e.customer_id = p.customer_id AND e.event_name = n.event_name
         AND e.timestamp_ms > p.after_ms - {LATE_LAG_MS} AND e.timestamp_ms < p.before_ms
         AND e.ingested_at_ms > p.after_ms
+        AND {pg_in_epochs("e", f"p.after_ms - {LATE_LAG_MS} + 1", "p.before_ms")}
     GROUP BY 1"""
 # The aggregate rows of a ReadPlan for lists of meters and customers (rollup rows in
 # [$5, $6), bucket rows in [$3, $5) and [$6, $4)), merged server side into one row per meter
@@ -105,12 +107,12 @@ _PLANNED_AGGREGATES = f"""
             UNION ALL {_SPANS.format(size="$8", start="$6", end="$4")}) AS a) AS s
     WHERE s.events IS NOT NULL"""
 # Raw events at a period's unaligned edges: one range of the events index per customer.
-_RAW_EDGE = """
+_RAW_EDGE = f"""
     SELECT c.customer_id, e.seq, e.timestamp_ms, e.metadata
     FROM unnest($1::text[]) AS c (customer_id) CROSS JOIN LATERAL (
-        SELECT seq, timestamp_ms, metadata FROM events
+        SELECT seq, timestamp_ms, metadata FROM events AS e
         WHERE customer_id = c.customer_id AND event_name = $2 AND timestamp_ms >= $3
-            AND timestamp_ms < $4) AS e
+            AND timestamp_ms < $4 AND {pg_in_epochs("e", "$3", "$4")}) AS e
     ORDER BY e.seq"""
 
 

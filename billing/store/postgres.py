@@ -46,6 +46,7 @@ from billing.store.base import (
     merged,
     plan_read,
 )
+from billing.store.epochs import epoch_ranges, pg_in_epochs
 from billing.store.pg_connection import Connection, Row
 from billing.store.pg_ledger import PostgresLedger
 from billing.store.pg_schema import migrate, schema_lock
@@ -62,7 +63,16 @@ _LOCK_COUNTER = """
     SELECT last_seq, ingested_at_ms, meters_version, rollups_until FROM ingest_counter
     FOR UPDATE"""
 _ROLLUPS_UNTIL = "SELECT rollups_until FROM ingest_counter"
-_ADVANCE_COUNTER = "UPDATE ingest_counter SET last_seq = $1, ingested_at_ms = $2"
+# Advance the counter, and widen the timestamp ranges of the epochs the append stored events
+# in (epochs.py): one trip for the append's bookkeeping.
+_ADVANCE_COUNTER = """
+    WITH widened AS (
+        INSERT INTO event_epochs (epoch, min_ts_ms, max_ts_ms)
+        SELECT * FROM unnest($3::bigint[], $4::bigint[], $5::bigint[])
+        ON CONFLICT (epoch) DO UPDATE SET
+            min_ts_ms = least(event_epochs.min_ts_ms, excluded.min_ts_ms),
+            max_ts_ms = greatest(event_epochs.max_ts_ms, excluded.max_ts_ms))
+    UPDATE ingest_counter SET last_seq = $1, ingested_at_ms = $2"""
 _AGGREGATE_COLUMNS = "count, value, last_ts_ms, last_seq"
 # Rows of a ReadPlan: rollups within [$4, $5), buckets elsewhere in [$2, $3).
 _PLANNED_ROWS = """
@@ -81,9 +91,10 @@ _CUSTOMER_AGGREGATES = " UNION ALL ".join(
 _ALL_CUSTOMER_AGGREGATES = f"""
     SELECT customer_id, {_AGGREGATE_COLUMNS} FROM meter_aggregates
     WHERE meter = $1 AND {_PLANNED_ROWS}"""
-_RAW_RANGE = """
-    SELECT seq, timestamp_ms, metadata FROM events
-    WHERE customer_id = $1 AND event_name = $2 AND timestamp_ms >= $3 AND timestamp_ms < $4"""
+_RAW_RANGE = f"""
+    SELECT seq, timestamp_ms, metadata FROM events AS e
+    WHERE customer_id = $1 AND event_name = $2 AND timestamp_ms >= $3 AND timestamp_ms < $4
+        AND {pg_in_epochs("e", "$3", "$4")}"""
 _REBUILD_SCAN = """
     SELECT seq, customer_id, timestamp_ms, metadata FROM events
     WHERE seq > $1 AND event_name = $2 ORDER BY seq LIMIT $3"""
@@ -173,7 +184,9 @@ class PostgresStore(PostgresLedger):
             if created:
                 await pg_customers.insert_missing(conn, created)
             by_meter = await self._merge(conn, batch, until)
-            await conn.execute(_ADVANCE_COUNTER, last_seq + len(fresh), stamp)
+            epochs, earliest, latest = zip(*epoch_ranges(last_seq + 1, new), strict=True)
+            await conn.execute(_ADVANCE_COUNTER, last_seq + len(fresh), stamp, epochs,
+                               earliest, latest)
             await self._seal_passed_days(conn, stamp, until)
         self._remember_customers(created)
         for index in fresh:

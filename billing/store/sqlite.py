@@ -48,6 +48,7 @@ from billing.store.base import (
     plan_read,
     sealed_until,
 )
+from billing.store.epochs import literal_bounds, sqlite_in_epochs
 from billing.store.migrate import migrate
 from billing.store.sqlite_conn import aggregate_row as _aggregate
 from billing.store.sqlite_conn import run_in_thread
@@ -70,9 +71,10 @@ _CUSTOMER_AGGREGATES = f"""
 _ALL_CUSTOMER_AGGREGATES = f"""
     SELECT customer_id, {_AGGREGATE_COLUMNS} FROM meter_aggregates
     WHERE meter = :meter AND {_PLANNED_ROWS}"""
-_RAW_RANGE = """
-    SELECT seq, timestamp_ms, metadata FROM events
-    WHERE customer_id = ? AND event_name = ? AND timestamp_ms >= ? AND timestamp_ms < ?"""
+_RAW_RANGE = f"""
+    SELECT seq, timestamp_ms, metadata FROM events AS e
+    WHERE customer_id = ?1 AND event_name = ?2 AND timestamp_ms >= ?3 AND timestamp_ms < ?4
+        AND {sqlite_in_epochs("e", "?3", "?4")}"""
 
 
 class SqliteStore(SqliteLedger):
@@ -190,6 +192,8 @@ class SqliteStore(SqliteLedger):
         }
         used = {sql: value for sql, value in conditions.items() if value is not None}
         where = " AND ".join(used) or "1"
+        if customer_id is not None:  # the index serves a customer's events epoch by epoch
+            where += " AND " + sqlite_in_epochs("events", *literal_bounds(start_ms, end_ms))
         rows = await self._read(
             f"SELECT {EVENT_COLUMNS} FROM events WHERE {where}"
             " ORDER BY timestamp_ms DESC, seq DESC LIMIT ? OFFSET ?",

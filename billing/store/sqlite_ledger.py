@@ -20,6 +20,7 @@ from billing.cycles import Period
 from billing.meters import Meter, quantity
 from billing.statement import ManualAdjustment, StatementStatus
 from billing.store.base import Customer, StoreError, fold_rows
+from billing.store.epochs import sqlite_in_epochs
 from billing.store.ledger import (
     AdjustmentEntry,
     Conflict,
@@ -58,10 +59,10 @@ _UPSERT_STATEMENT = """
         finalized_at_ms = excluded.finalized_at_ms, record = excluded.record
     WHERE statements.status = 'draft'
       AND (excluded.status = 'final' OR statements.cutoff_ms <= excluded.cutoff_ms)"""
-_RAW = """
-    SELECT seq, timestamp_ms, metadata FROM events
-    WHERE customer_id = ? AND event_name = ? AND timestamp_ms >= ? AND timestamp_ms < ?
-      AND ingested_at_ms <= ?
+_RAW = f"""
+    SELECT seq, timestamp_ms, metadata FROM events AS e
+    WHERE customer_id = ?1 AND event_name = ?2 AND timestamp_ms >= ?3 AND timestamp_ms < ?4
+      AND ingested_at_ms <= ?5 AND {sqlite_in_epochs("e", "?3", "?4")}
     ORDER BY seq"""
 
 

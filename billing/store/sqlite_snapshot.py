@@ -21,6 +21,7 @@ from billing.meters import Aggregate, AggregationType, Meter
 from billing.money import EXACT
 from billing.statement import ManualAdjustment, StatementStatus
 from billing.store.base import NOTHING_SEALED, ROLLUP_BUCKETS, Customer, fold_rows, plan_read
+from billing.store.epochs import sqlite_in_epochs
 from billing.store.ledger import (
     AccountData,
     Burn,
@@ -59,11 +60,11 @@ _PLANNED_ROWS = "SELECT a.meter, a.customer_id, a.count, a.value, a.last_ts_ms, 
 _PLANNED_GROUPS = """
     SELECT a.meter, a.customer_id, SUM(a.count), group_concat(a.value),
            MAX(a.value GLOB '*[^0-9-]*' OR a.value = '-0')"""
-_RAW_EDGE = """
+_RAW_EDGE = f"""
     SELECT e.customer_id, e.seq, e.timestamp_ms, e.metadata
-    FROM json_each(?) AS c CROSS JOIN events AS e
-    ON e.customer_id = c.value AND e.event_name = ? AND e.timestamp_ms >= ?
-       AND e.timestamp_ms < ?
+    FROM json_each(?1) AS c CROSS JOIN events AS e
+    ON e.customer_id = c.value AND e.event_name = ?2 AND e.timestamp_ms >= ?3
+       AND e.timestamp_ms < ?4 AND {sqlite_in_epochs("e", "?3", "?4")}
     ORDER BY e.seq"""
 _ACCOUNTS = """
     SELECT
@@ -99,6 +100,7 @@ _LATE_RECENT = f"""
     ON e.customer_id = p.value ->> 0 AND e.event_name = n.value
        AND e.timestamp_ms > (p.value ->> 1) - {LATE_LAG_MS} AND e.timestamp_ms < p.value ->> 2
        AND e.ingested_at_ms > p.value ->> 1
+       AND {sqlite_in_epochs("e", f"(p.value ->> 1) - {LATE_LAG_MS} + 1", "p.value ->> 2")}
     GROUP BY 1"""
 
 

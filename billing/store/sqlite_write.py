@@ -34,6 +34,7 @@ from billing.store.base import (
     decode_metadata,
     encode_metadata,
 )
+from billing.store.epochs import epoch_ranges
 
 REBUILD_BATCH = 10_000  # raw events read per query while rebuilding: bounds memory
 
@@ -48,6 +49,11 @@ _INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?,
 # decreases along seq (migration 0004); a seek on the rowid.
 WATERMARK = ("SELECT (SELECT ingested_at_ms FROM events"
              " WHERE seq = (SELECT MAX(seq) FROM events))")
+# Widen an epoch's timestamp range to the events an append stored in it (epochs.py).
+_WIDEN_EPOCH = """
+    INSERT INTO event_epochs (epoch, min_ts_ms, max_ts_ms) VALUES (?, ?, ?)
+    ON CONFLICT (epoch) DO UPDATE SET min_ts_ms = min(min_ts_ms, excluded.min_ts_ms),
+                                      max_ts_ms = max(max_ts_ms, excluded.max_ts_ms)"""
 _KNOWN_IDS = "SELECT event_id FROM events WHERE event_id IN (SELECT value FROM json_each(?))"
 _REBUILD_SCAN = """
     SELECT seq, customer_id, timestamp_ms, metadata FROM events
@@ -187,6 +193,7 @@ def _insert(
                      encode_metadata(e.metadata), e.source, ingested_at_ms))
         created[customer_id] = min(created.get(customer_id, ingested_at_ms), ts_ms)
     conn.executemany(_INSERT_EVENT, rows)
+    conn.executemany(_WIDEN_EPOCH, epoch_ranges(first_seq, events))
     conn.executemany(INSERT_CUSTOMER, [(customer_id, first) for customer_id, first
                                        in created.items() if customer_id not in known_customers])
     return _Inserted(first_seq, events, list(created))
