@@ -30,6 +30,7 @@ from billing.engine import StatementEngine
 from billing.events import now_ms
 from billing.scheduler import Scheduler
 from billing.store.base import StoreError
+from billing.store.choice import store_at
 from billing.store.key_cache import KeyCache
 from billing.store.pg_connection import StoreUnreachable
 from billing.store.postgres import PostgresStore
@@ -334,10 +335,8 @@ def store_for(
 ) -> SqliteStore | PostgresStore:
     """The configured store, not opened yet: PostgreSQL when `storage.url` is set, else the
     SQLite file; its aggregate buckets fit every plan's periods."""
-    size = store_bucket_ms(config)
-    if config.storage.url:
-        return PostgresStore(config.storage.url, config.meters, size, clock=clock)
-    return SqliteStore(config.storage.path, config.meters, size, clock=clock)
+    return store_at(config.storage.url, config.storage.path, config.meters,
+                    store_bucket_ms(config), clock)
 
 
 def store_bucket_ms(config: Config) -> int:

@@ -43,6 +43,7 @@ from typing import Any, Literal
 from billing.events import UsageEvent
 from billing.meters import Aggregate, Meter
 from billing.store.base import AggregateDeltas, AppendResult, StoreError, is_transient
+from billing.store.choice import store_at
 from billing.store.pg_connection import StoreUnreachable
 from proxy.event_loop import run_event_loop
 
@@ -244,7 +245,7 @@ async def _serve_child() -> int:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     spec = await read_frame(reader)
     _setup_child_logging(spec)
-    store = _store(spec)
+    store = store_at(spec.url, spec.path, spec.meters, spec.bucket_ms)
     opened = await _open(store, out, ("ready",))
     try:
         while True:
@@ -286,17 +287,6 @@ def _failure(exc: Exception) -> tuple[str, str, str, bool]:
         log.exception("the store process failed on an append")
     kind = "unreachable" if isinstance(exc, StoreUnreachable) else "error"
     return ("error", kind, str(exc) or repr(exc), is_transient(exc))
-
-
-def _store(spec: ChildSpec) -> Any:
-    # Imported here: the parent imports this module without needing either engine's driver.
-    if spec.url:
-        from billing.store.postgres import PostgresStore
-
-        return PostgresStore(spec.url, spec.meters, spec.bucket_ms)
-    from billing.store.sqlite import SqliteStore
-
-    return SqliteStore(spec.path, spec.meters, spec.bucket_ms)
 
 
 def _setup_child_logging(spec: ChildSpec) -> None:
