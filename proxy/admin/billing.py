@@ -30,7 +30,7 @@ from proxy.admin.params import (
 )
 
 if TYPE_CHECKING:
-    from proxy.app import MeterProxy
+    from proxy.admin.context import AdminContext
 
 MAX_ID_CHARS = 128
 MAX_DESCRIPTION_CHARS = 500
@@ -41,7 +41,7 @@ FORMATS = ("json", "csv", "html")
 # ---------------------------------------------------------------------- meters
 
 
-async def list_meters(request: web.Request, mp: MeterProxy) -> web.Response:
+async def list_meters(request: web.Request, mp: AdminContext) -> web.Response:
     """The configured meters, as Dodo Payments' meter API names their fields."""
     meters = [m.to_json() for m in mp.config.meters]
     return json_response({"items": page_of(meters, request)})
@@ -50,7 +50,7 @@ async def list_meters(request: web.Request, mp: MeterProxy) -> web.Response:
 # -------------------------------------------------------------------- previews
 
 
-async def usage(request: web.Request, mp: MeterProxy) -> web.Response:
+async def usage(request: web.Request, mp: AdminContext) -> web.Response:
     """The statement of the period containing `at` (default now), as it stands."""
     cid = customer_id(request)
     now = mp.clock()
@@ -64,7 +64,7 @@ async def usage(request: web.Request, mp: MeterProxy) -> web.Response:
     return json_response({"at": format_timestamp(now if at is None else at), **body})
 
 
-async def run_billing(request: web.Request, mp: MeterProxy) -> web.Response:
+async def run_billing(request: web.Request, mp: AdminContext) -> web.Response:
     """Draft and finalise every statement that is due, now."""
     result = await mp.engine.close()
     return json_response({"drafted": result.drafted, "finalized": result.finalized})
@@ -73,7 +73,7 @@ async def run_billing(request: web.Request, mp: MeterProxy) -> web.Response:
 # ------------------------------------------------------------------ statements
 
 
-async def list_statements(request: web.Request, mp: MeterProxy) -> web.Response:
+async def list_statements(request: web.Request, mp: AdminContext) -> web.Response:
     limit, offset = page(request)
     status = request.query.get("status") or None
     if status not in (None, "draft", "final"):
@@ -88,7 +88,7 @@ async def list_statements(request: web.Request, mp: MeterProxy) -> web.Response:
     return json_response({"items": [_statement_json(s, mp) for s in found]})
 
 
-async def get_statement(request: web.Request, mp: MeterProxy) -> web.Response:
+async def get_statement(request: web.Request, mp: AdminContext) -> web.Response:
     """JSON by default; `?format=csv` or `?format=html` (printable, no script)."""
     fmt = request.query.get("format", "json")
     if fmt not in FORMATS:
@@ -107,7 +107,7 @@ async def get_statement(request: web.Request, mp: MeterProxy) -> web.Response:
     return json_response(_statement_json(stored, mp))
 
 
-def _statement_json(stored: StoredStatement, mp: MeterProxy) -> dict[str, Any]:
+def _statement_json(stored: StoredStatement, mp: AdminContext) -> dict[str, Any]:
     body = statement_to_json(decode(stored.record).statement, mp.config.billing.timezone)
     finalized = stored.finalized_at_ms
     return {**body, "finalized_at": None if finalized is None else format_timestamp(finalized)}
@@ -120,7 +120,7 @@ def _status(text: str | None) -> StatementStatus | None:
 # --------------------------------------------------------------------- credits
 
 
-async def grant_credits(request: web.Request, mp: MeterProxy) -> web.Response:
+async def grant_credits(request: web.Request, mp: AdminContext) -> web.Response:
     """Grant credits; a retry with the same grant_id returns the first grant (200)."""
     cid = await _existing_customer(request, mp, active=True)
     body = await json_body(request)
@@ -145,7 +145,7 @@ async def grant_credits(request: web.Request, mp: MeterProxy) -> web.Response:
                          status=201 if created else 200)
 
 
-async def list_credits(request: web.Request, mp: MeterProxy) -> web.Response:
+async def list_credits(request: web.Request, mp: AdminContext) -> web.Response:
     """The customer's grants with what statements burned and what remains."""
     cid = await _existing_customer(request, mp)
     limit, offset = page(request)
@@ -172,7 +172,7 @@ def _grant_json(balance: GrantBalance, now: int) -> dict[str, Any]:
 # ----------------------------------------------------------------- adjustments
 
 
-async def add_adjustment(request: web.Request, mp: MeterProxy) -> web.Response:
+async def add_adjustment(request: web.Request, mp: AdminContext) -> web.Response:
     """A manual line on the customer's next final statement; idempotent by adjustment_id."""
     cid = await _existing_customer(request, mp)
     body = await json_body(request)
@@ -188,7 +188,7 @@ async def add_adjustment(request: web.Request, mp: MeterProxy) -> web.Response:
     return json_response(_adjustment_json(entry), status=201 if created else 200)
 
 
-async def list_adjustments(request: web.Request, mp: MeterProxy) -> web.Response:
+async def list_adjustments(request: web.Request, mp: AdminContext) -> web.Response:
     cid = await _existing_customer(request, mp)
     limit, offset = page(request)
     entries = (await mp.store.list_adjustments(cid))[offset:offset + limit]
@@ -205,7 +205,7 @@ def _adjustment_json(entry: AdjustmentEntry) -> dict[str, Any]:
 # ------------------------------------------------------------------- helpers
 
 
-async def _existing_customer(request: web.Request, mp: MeterProxy, active: bool = False) -> str:
+async def _existing_customer(request: web.Request, mp: AdminContext, active: bool = False) -> str:
     """The path's customer id; 404 when unknown, 409 when deleted and `active` is asked."""
     cid = customer_id(request)
     customer = await mp.store.get_customer(cid)

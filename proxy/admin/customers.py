@@ -24,7 +24,7 @@ from proxy.admin.params import (
 from rules.identify import hash_key
 
 if TYPE_CHECKING:
-    from proxy.app import MeterProxy
+    from proxy.admin.context import AdminContext
 
 KEY_PREFIX_CHARS = 8
 # An imported secret must travel in `Authorization: Bearer KEY`: visible ASCII only.
@@ -53,25 +53,25 @@ def key_json(k: ApiKey) -> dict[str, Any]:
     }
 
 
-async def customers_json(customers: list[Customer], mp: MeterProxy) -> list[dict[str, Any]]:
+async def customers_json(customers: list[Customer], mp: AdminContext) -> list[dict[str, Any]]:
     views = await mp.engine.plan_views(customers)
     return [customer_json(c, views[c.customer_id]) for c in customers]
 
 
-async def list_customers(request: web.Request, mp: MeterProxy) -> web.Response:
+async def list_customers(request: web.Request, mp: AdminContext) -> web.Response:
     limit, offset = page(request)
     customers = await mp.store.list_customers(limit, offset)
     return json_response({"items": await customers_json(customers, mp)})
 
 
-async def get_customer(request: web.Request, mp: MeterProxy) -> web.Response:
+async def get_customer(request: web.Request, mp: AdminContext) -> web.Response:
     customer = await mp.store.get_customer(customer_id(request))
     if customer is None:
         raise not_found("no such customer")
     return json_response((await customers_json([customer], mp))[0])
 
 
-async def put_customer(request: web.Request, mp: MeterProxy) -> web.Response:
+async def put_customer(request: web.Request, mp: AdminContext) -> web.Response:
     """Assign a plan (null: the default plan) from the end of the current period."""
     cid = customer_id(request)
     body = await json_body(request)
@@ -87,7 +87,7 @@ async def put_customer(request: web.Request, mp: MeterProxy) -> web.Response:
     return json_response((await customers_json([customer], mp))[0])
 
 
-async def delete_customer(request: web.Request, mp: MeterProxy) -> web.Response:
+async def delete_customer(request: web.Request, mp: AdminContext) -> web.Response:
     """Revoke the customer's keys and end its current period now; later events are stored
     but not billed. Deleting again changes nothing."""
     customer = await mp.store.delete_customer(customer_id(request), mp.clock())
@@ -98,7 +98,7 @@ async def delete_customer(request: web.Request, mp: MeterProxy) -> web.Response:
     return json_response((await customers_json([customer], mp))[0])
 
 
-async def create_key(request: web.Request, mp: MeterProxy) -> web.Response:
+async def create_key(request: web.Request, mp: AdminContext) -> web.Response:
     """Issue a key (or import `{"key"}`), creating the customer; 409 when the customer was
     deleted or the secret is already in use. The secret is answered once, stored hashed."""
     cid = customer_id(request)
@@ -125,7 +125,7 @@ async def create_key(request: web.Request, mp: MeterProxy) -> web.Response:
     )
 
 
-async def list_keys(request: web.Request, mp: MeterProxy) -> web.Response:
+async def list_keys(request: web.Request, mp: AdminContext) -> web.Response:
     """The customer's keys (id and first characters, revoked ones too); 404 if unknown."""
     cid = customer_id(request)
     if await mp.store.get_customer(cid) is None:
@@ -134,7 +134,7 @@ async def list_keys(request: web.Request, mp: MeterProxy) -> web.Response:
     return json_response({"items": [key_json(k) for k in keys]})
 
 
-async def revoke_key(request: web.Request, mp: MeterProxy) -> web.Response:
+async def revoke_key(request: web.Request, mp: AdminContext) -> web.Response:
     cid = customer_id(request)
     key_id = request.match_info["key_id"]
     if not await mp.store.revoke_key(cid, key_id, mp.clock()):

@@ -15,7 +15,7 @@ from proxy.admin.jsonout import json_response
 from proxy.admin.params import ApiError, bad_request, not_found, page, time_param
 
 if TYPE_CHECKING:
-    from proxy.app import MeterProxy
+    from proxy.admin.context import AdminContext
 
 # Matching events are read in pages of this size when a meter filter applies in Python.
 _SCAN_PAGE = 500
@@ -35,7 +35,7 @@ def event_json(stored: StoredEvent, business_id: str) -> dict[str, Any]:
     }
 
 
-async def ingest(request: web.Request, mp: MeterProxy) -> web.Response:
+async def ingest(request: web.Request, mp: AdminContext) -> web.Response:
     body = await request.read()
     now = mp.clock()
     window = IngestWindow(mp.config.billing.ingest_past_ms, mp.config.billing.ingest_future_ms)
@@ -75,7 +75,7 @@ async def _parse(
         return parser.events()
 
 
-def _count_rejected(mp: MeterProxy, body: bytes) -> None:
+def _count_rejected(mp: AdminContext, body: bytes) -> None:
     """Count a rejected batch's events by name, as far as the body can be read."""
     try:
         items = decode_json(body).get("events", [])
@@ -86,14 +86,14 @@ def _count_rejected(mp: MeterProxy, body: bytes) -> None:
         mp.metrics.count_events(name, "api", "rejected", n)
 
 
-async def get_event(request: web.Request, mp: MeterProxy) -> web.Response:
+async def get_event(request: web.Request, mp: AdminContext) -> web.Response:
     stored = await mp.store.get_event(request.match_info["event_id"])
     if stored is None:
         raise not_found("no event with this event_id")
     return json_response(event_json(stored, mp.config.admin.business_id))
 
 
-async def list_events(request: web.Request, mp: MeterProxy) -> web.Response:
+async def list_events(request: web.Request, mp: AdminContext) -> web.Response:
     limit, offset = page(request)
     q = request.query
     names = [q["event_name"]] if q.get("event_name") else None
@@ -120,7 +120,7 @@ async def list_events(request: web.Request, mp: MeterProxy) -> web.Response:
 
 
 async def _filtered(
-    mp: MeterProxy, query: dict[str, Any], predicate: Any, limit: int, offset: int
+    mp: AdminContext, query: dict[str, Any], predicate: Any, limit: int, offset: int
 ) -> list[StoredEvent]:
     """Page through events that also pass a meter's filter (applied here, not in SQL)."""
     matched: list[StoredEvent] = []

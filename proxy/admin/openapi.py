@@ -16,9 +16,9 @@ from aiohttp import web
 from proxy.admin.schemas import COMPONENTS, Schema, error_schema
 
 if TYPE_CHECKING:
-    from proxy.app import MeterProxy
+    from proxy.admin.context import AdminContext
 
-Handler = Callable[[web.Request, "MeterProxy"], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.Request, "AdminContext"], Awaitable[web.StreamResponse]]
 Auth = Literal["admin", "ingest", "none"]
 
 _PATH_PARAM = re.compile(r"\{(\w+)\}")

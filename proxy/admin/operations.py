@@ -26,7 +26,7 @@ from proxy.admin.schemas import (
 from proxy.version import __version__
 
 if TYPE_CHECKING:
-    from proxy.app import MeterProxy
+    from proxy.admin.context import AdminContext
 
 # ------------------------------------------------------------------ parameters
 
@@ -56,7 +56,7 @@ CUSTOMER_REPLY = json_reply(200, "the customer", ref("Customer"))
 IDENTIFIER: Schema = {"type": "string", "minLength": 1, "maxLength": 128}
 
 
-async def openapi_json(request: web.Request, mp: MeterProxy) -> web.Response:
+async def openapi_json(request: web.Request, mp: AdminContext) -> web.Response:
     """This document: OpenAPI 3.1 of every route of the admin listener."""
     return json_response(openapi_document())
 

@@ -20,7 +20,7 @@ from proxy.admin.params import ApiError
 from proxy.errors import error_response
 
 if TYPE_CHECKING:
-    from proxy.app import MeterProxy
+    from proxy.admin.context import AdminContext
 
 log = logging.getLogger("meterproxy.admin")
 
@@ -34,7 +34,7 @@ _HTTP_CODES = {
 }
 
 
-def build_admin_app(mp: MeterProxy) -> web.Application:
+def build_admin_app(mp: AdminContext) -> web.Application:
     """admin.listen: every operation, each behind the token its `auth` names."""
     auth = {(op.method, op.path): op.auth for op in OPERATIONS}
     app = web.Application(
@@ -45,19 +45,19 @@ def build_admin_app(mp: MeterProxy) -> web.Application:
     return app
 
 
-def build_metrics_app(mp: MeterProxy) -> web.Application:
+def build_metrics_app(mp: AdminContext) -> web.Application:
     """metrics.listen: /metrics and /healthz only (JSON 404 for anything else)."""
     app = web.Application(middlewares=[json_errors])
     _register(app, mp, (op for op in OPERATIONS if op.on_metrics_listener))
     return app
 
 
-def _register(app: web.Application, mp: MeterProxy, operations: Iterable[Operation]) -> None:
+def _register(app: web.Application, mp: AdminContext, operations: Iterable[Operation]) -> None:
     for op in operations:
         app.router.add_route(op.method, op.path, _bind(mp, op.handler))
 
 
-def _bind(mp: MeterProxy, handler: Handler) -> Endpoint:
+def _bind(mp: AdminContext, handler: Handler) -> Endpoint:
     async def bound(request: web.Request) -> web.StreamResponse:
         return await handler(request, mp)
 
@@ -89,7 +89,7 @@ def _allow(exc: web.HTTPException) -> dict[str, str] | None:
     return {"Allow": allow} if allow else None
 
 
-def _auth_middleware(mp: MeterProxy, auth: dict[tuple[str, str], Auth]) -> Any:
+def _auth_middleware(mp: AdminContext, auth: dict[tuple[str, str], Auth]) -> Any:
     @web.middleware
     async def check_token(request: web.Request, handler: Endpoint) -> web.StreamResponse:
         if not _authorized(request, mp, _auth_of(request, auth)):
@@ -113,7 +113,7 @@ def _auth_of(request: web.Request, auth: dict[tuple[str, str], Auth]) -> Auth:
     return auth.get((request.method, resource.canonical), "admin")
 
 
-def _authorized(request: web.Request, mp: MeterProxy, needed: Auth) -> bool:
+def _authorized(request: web.Request, mp: AdminContext, needed: Auth) -> bool:
     if needed == "none":
         return True
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")

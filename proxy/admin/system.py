@@ -10,17 +10,17 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from proxy.admin.jsonout import json_response
 
 if TYPE_CHECKING:
-    from proxy.app import MeterProxy
+    from proxy.admin.context import AdminContext
 
 
-async def healthz(request: web.Request, mp: MeterProxy) -> web.Response:
+async def healthz(request: web.Request, mp: AdminContext) -> web.Response:
     """200 whenever the listener answers. The listener opens once events have somewhere to
     go: the store, or in fleet mode the local spool while PostgreSQL is unreachable (then
     /readyz tells the rest)."""
     return json_response({"status": "ok"})
 
 
-async def readyz(request: web.Request, mp: MeterProxy) -> web.Response:
+async def readyz(request: web.Request, mp: AdminContext) -> web.Response:
     """200 when meterproxy takes traffic; 503 while it drains for a stop, or while the
     store fails its writes or the event queue refuses more (`storage.on_full`)."""
     if mp.draining:
@@ -37,7 +37,7 @@ def _not_ready(code: str, message: str) -> web.Response:
     )
 
 
-async def metrics(request: web.Request, mp: MeterProxy) -> web.StreamResponse:
+async def metrics(request: web.Request, mp: AdminContext) -> web.StreamResponse:
     """The registry in the Prometheus text format (OpenMetrics when asked), after the
     open-period usage is refreshed from the store (collectors cannot await)."""
     await mp.usage_metrics.refresh()
