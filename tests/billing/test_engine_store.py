@@ -10,7 +10,6 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from decimal import Decimal
-from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -45,6 +44,7 @@ from tests.billing.test_engine_kit import (
     event,
     open_billing,
 )
+from tests.store.backends import SqliteBackend
 
 D = Decimal
 
@@ -172,13 +172,8 @@ async def test_a_draft_is_replaced_with_its_burns_and_never_by_an_older_cutoff(
 
 async def test_migration_0002_keeps_the_plans_already_set(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    first = (resources.files("billing.store") / "migrations"
-             / "0001_events_aggregates_customers_keys.sql").read_text()
+    await SqliteBackend(tmp_path).at_version(str(path), 1)
     with sqlite3.connect(path) as conn:
-        conn.executescript(first)
-        conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
-                     " name TEXT NOT NULL, applied_at_ms INTEGER NOT NULL) STRICT")
-        conn.execute("INSERT INTO schema_migrations VALUES (1, 'events', 0)")
         conn.execute("INSERT INTO customers VALUES ('c', 42, 'pro', NULL), ('d', 43, NULL, NULL)")
     store = SqliteStore(str(path), METERS, 1000)
     await store.open()

@@ -24,6 +24,8 @@ import asyncpg  # type: ignore[import-untyped]
 
 from billing.meters import Meter
 from billing.store.base import Store
+from billing.store.migrate import migrations as sqlite_migrations
+from billing.store.pg_schema import packaged_migrations
 from billing.store.postgres import PostgresStore
 from billing.store.sqlite import SqliteStore
 
@@ -48,6 +50,10 @@ class Backend(Protocol):
         """What the query returns, read through a connection of its own."""
 
     async def execute(self, location: str, sql: str) -> None: ...
+
+    async def at_version(self, location: str, version: int) -> None:
+        """Apply the engine's packaged migrations up to `version` at the empty `location`,
+        each recorded as the store records it: a store of the release that stopped there."""
 
     async def contents(self, location: str) -> bytes:
         """Everything the engine keeps for the location, as bytes to search."""
@@ -81,6 +87,14 @@ class SqliteBackend:
     async def execute(self, location: str, sql: str) -> None:
         with sqlite3.connect(location) as conn:
             conn.execute(sql)
+
+    async def at_version(self, location: str, version: int) -> None:
+        with sqlite3.connect(location) as conn:
+            conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
+                         " name TEXT NOT NULL, applied_at_ms INTEGER NOT NULL) STRICT")
+            for number, name, sql in sqlite_migrations()[:version]:
+                conn.executescript(sql)
+                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (number, name))
 
     async def contents(self, location: str) -> bytes:
         # The database with its WAL and shared-memory files.
@@ -123,6 +137,14 @@ class PostgresBackend:
             await conn.execute(sql)
         finally:
             await conn.close()
+
+    async def at_version(self, location: str, version: int) -> None:
+        await self.execute(location, "CREATE TABLE schema_migrations (version integer PRIMARY"
+                                     " KEY, name text NOT NULL, applied_at_ms bigint NOT NULL)")
+        for number, name, sql in packaged_migrations()[:version]:
+            await self.execute(location, sql)
+            await self.execute(
+                location, f"INSERT INTO schema_migrations VALUES ({number}, '{name}', 0)")
 
     async def contents(self, location: str) -> bytes:
         # Every row of every table as PostgreSQL's text form (bytea as \x hex digits).

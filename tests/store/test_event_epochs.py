@@ -10,7 +10,6 @@ numbered from there, as they would be after that many events.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -27,8 +26,6 @@ from billing.store import postgres, sqlite_snapshot
 from billing.store.base import Store
 from billing.store.epochs import EPOCH_BITS, epoch_ranges
 from billing.store.ledger import LateProbe, LedgerStore
-from billing.store.migrate import migrations as sqlite_migrations
-from billing.store.pg_schema import packaged_migrations
 from billing.store.sqlite_snapshot import LATE_LAG_MS
 from tests.store.backends import ENGINES, Backend, PostgresBackend, make_backend
 from tests.store.factories import BUCKET, DAY, METERS, event, opened
@@ -241,30 +238,10 @@ async def test_postgres_seeks_the_epoch_index(pg: PostgresBackend, url: str) -> 
 # ------------------------------------------------------------------ the upgrade
 
 
-async def at_schema_4(backend: Backend, location: str) -> None:
-    """The location with the engine's migrations 1 to 4 applied, as a store of the release
-    before epochs left it."""
-    packaged = packaged_migrations() if backend.engine == "postgres" else sqlite_migrations()
-    if backend.engine == "sqlite":
-        with sqlite3.connect(location) as conn:
-            conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
-                         " name TEXT NOT NULL, applied_at_ms INTEGER NOT NULL) STRICT")
-            for version, name, sql in packaged[:4]:
-                conn.executescript(sql)
-                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (version, name))
-        return
-    await backend.execute(location, "CREATE TABLE schema_migrations (version integer PRIMARY"
-                                     " KEY, name text NOT NULL, applied_at_ms bigint NOT NULL)")
-    for version, name, sql in packaged[:4]:
-        await backend.execute(location, sql)
-        await backend.execute(location,
-                              f"INSERT INTO schema_migrations VALUES ({version}, '{name}', 0)")
-
-
 async def test_migration_0005_indexes_stored_events_by_epoch(
     backend: Backend, location: str
 ) -> None:
-    await at_schema_4(backend, location)
+    await backend.at_version(location, 4)
     stored = [(1, 500), (2, 100), (EPOCH + 2, 90), (3 * EPOCH, 7000), (3 * EPOCH + 1, 6000)]
     values = ", ".join(f"({seq}, 'e{seq}', 'c1', 'tokens', {ts}, '{{\"n\": 1}}', 'api', 1)"
                        for seq, ts in stored)

@@ -10,7 +10,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from importlib import resources
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
@@ -139,13 +138,8 @@ async def test_a_draft_is_replaced_with_its_burns_and_never_by_an_older_cutoff(
 
 async def test_migration_0002_keeps_the_plans_already_set(pg: PostgresBackend) -> None:
     url = await pg.location()
-    first = (resources.files("billing.store") / "pg_migrations"
-             / "0001_events_aggregates_customers_keys.sql").read_text()
-    await pg.execute(url, first)
-    await pg.execute(url, "CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
-                          " name text NOT NULL, applied_at_ms bigint NOT NULL)")
-    await pg.execute(url, "INSERT INTO schema_migrations VALUES (1, 'events', 0);"
-                          " INSERT INTO customers VALUES ('c', 42, 'pro', NULL),"
+    await pg.at_version(url, 1)
+    await pg.execute(url, "INSERT INTO customers VALUES ('c', 42, 'pro', NULL),"
                           " ('d', 43, NULL, NULL)")
     store = PostgresStore(url, METERS, 1000)
     await store.open()

@@ -16,7 +16,6 @@ import pytest
 
 from billing.store.base import AppendResult, Store, StoreError
 from billing.store.pg_connection import StoreUnreachable
-from billing.store.pg_schema import packaged_migrations
 from billing.store.pg_url import redact
 from billing.store.postgres import PostgresStore
 from tests.store.backends import PostgresBackend
@@ -211,11 +210,7 @@ async def test_migration_0004_keeps_the_rows_and_the_final_statement_guard(
     pg: PostgresBackend,
 ) -> None:
     url = await pg.location("TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'")
-    await pg.execute(url, "CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
-                          " name text NOT NULL, applied_at_ms bigint NOT NULL)")
-    for version, name, sql in packaged_migrations()[:3]:
-        await pg.execute(url, sql)
-        await pg.execute(url, f"INSERT INTO schema_migrations VALUES ({version}, '{name}', 0)")
+    await pg.at_version(url, 3)
     await pg.execute(url, "INSERT INTO customers VALUES ('a', 1, NULL, NULL),"
                           " ('B', 2, 'pro', NULL)")
     store = await opened(pg, url)
