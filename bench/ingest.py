@@ -48,7 +48,7 @@ ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ROOT = Path(__file__).resolve().parent.parent
 ENGINES = ("sqlite", "postgresql")
 # Runs proxy.cli from the tree named by the first argument (`--before`), not this one.
-_FROM_TREE = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from proxy.cli import main;"
+FROM_TREE = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from proxy.cli import main;"
               " sys.exit(main())")
 
 
@@ -168,7 +168,7 @@ async def running_server(
     env = {"BENCH_PROXY_LISTEN": f"127.0.0.1:{free_port()}",
            "BENCH_ADMIN_LISTEN": f"127.0.0.1:{admin}", "METERPROXY_ADMIN_TOKEN": ADMIN_TOKEN,
            "BENCH_DB": str(workdir / f"{name}.db")}
-    command = [PYTHON, "-m", "proxy.cli"] if tree is None else [PYTHON, "-c", _FROM_TREE,
+    command = [PYTHON, "-m", "proxy.cli"] if tree is None else [PYTHON, "-c", FROM_TREE,
                                                                  str(tree)]
     processes = Processes(workdir)
     try:

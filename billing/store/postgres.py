@@ -46,7 +46,7 @@ from billing.store.base import (
     merged,
     plan_read,
 )
-from billing.store.epochs import epoch_ranges, pg_in_epochs
+from billing.store.epochs import PG_EPOCH_BITS, epoch_ranges, pg_in_epochs
 from billing.store.pg_connection import Connection, Row
 from billing.store.pg_ledger import PostgresLedger
 from billing.store.pg_schema import migrate, schema_lock
@@ -184,7 +184,8 @@ class PostgresStore(PostgresLedger):
             if created:
                 await pg_customers.insert_missing(conn, created)
             by_meter = await self._merge(conn, batch, until)
-            epochs, earliest, latest = zip(*epoch_ranges(last_seq + 1, new), strict=True)
+            epochs, earliest, latest = zip(
+                *epoch_ranges(last_seq + 1, new, PG_EPOCH_BITS), strict=True)
             await conn.execute(_ADVANCE_COUNTER, last_seq + len(fresh), stamp, epochs,
                                earliest, latest)
             await self._seal_passed_days(conn, stamp, until)

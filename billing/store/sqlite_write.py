@@ -34,7 +34,7 @@ from billing.store.base import (
     decode_metadata,
     encode_metadata,
 )
-from billing.store.epochs import epoch_ranges
+from billing.store.epochs import SQLITE_EPOCH_BITS, epoch_ranges
 
 REBUILD_BATCH = 10_000  # raw events read per query while rebuilding: bounds memory
 
@@ -193,7 +193,7 @@ def _insert(
                      encode_metadata(e.metadata), e.source, ingested_at_ms))
         created[customer_id] = min(created.get(customer_id, ingested_at_ms), ts_ms)
     conn.executemany(_INSERT_EVENT, rows)
-    conn.executemany(_WIDEN_EPOCH, epoch_ranges(first_seq, events))
+    conn.executemany(_WIDEN_EPOCH, epoch_ranges(first_seq, events, SQLITE_EPOCH_BITS))
     conn.executemany(INSERT_CUSTOMER, [(customer_id, first) for customer_id, first
                                        in created.items() if customer_id not in known_customers])
     return _Inserted(first_seq, events, list(created))
