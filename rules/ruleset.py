@@ -16,6 +16,8 @@ from rules.model import Rule
 from rules.selectors import NOTHING, Failed
 
 MAX_VALUE_CHARS = 500  # the same bound the ingest API puts on metadata values
+_KEPT_AS_IS = (bool, int, Decimal)  # tuples: `bool | int | Decimal` builds a union per call
+_CONTAINERS = (list, dict)
 
 RuleError = tuple[str, str]  # (rule name, reason)
 
@@ -124,9 +126,9 @@ def _metadata(
 
 def _flat(value: Any) -> MetadataValue | None:
     """Metadata is flat: containers become compact JSON text; overlong text is refused."""
-    if isinstance(value, bool | int | Decimal):
+    if isinstance(value, _KEPT_AS_IS):
         return value
-    if isinstance(value, list | dict):
+    if isinstance(value, _CONTAINERS):
         value = json.dumps(value, separators=(",", ":"), default=str)
     text = str(value)
     # Text no store can hold (see billing/ingest.py) is left out and counted.
