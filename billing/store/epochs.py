@@ -10,18 +10,18 @@ and from 55,000 to 23,000 on SQLite by 2.2M stored events (`python -m bench.inge
 
 So the index key starts with the event's *epoch*, its seq shifted right by the engine's
 epoch bits: appends write only in the newest epoch's part of the index, which stays cached,
-and a read seeks once per epoch. `event_epochs` holds each epoch's timestamp
-range, widened by every append in the append's own transaction, so a read seeks only the
-epochs whose events may fall in its range: those that hold its time, and the few that
-took late events from it.
+and a read seeks once per epoch. `event_epochs` holds each epoch's timestamp range, widened
+by every append in the append's own transaction, so a read seeks only the epochs whose
+events may fall in its range: those that hold its time, and the few that took late events
+from it.
 
 How wide an epoch is trades the appends' writes against the reads' seeks. SQLite writes
 every page an append dirtied to its log at each commit: with 2^18 events an epoch (migration
 0005) the index part was about 2,300 pages and a 50 ms proxy flush of 260 events from 10,000
-customers dirtied a page per event, about 12 us of commit per event; with 2^14 (migration
-0006) it is about 160 pages, the commit 3.5 us, and the insert 1.5 us cheaper too
-(2026-12-07, ad hoc, sqlite3 alone). A read over an hour of 10M events a day then seeks
-about 30 epochs instead of 2. PostgreSQL logs each index insert as a small record rather than
+customers dirtied a page per event: insert and commit took 18.6 us per event; with 2^14
+(migration 0006) the part is about 160 pages and they take 9.3 us (2026-12-07, ad hoc,
+sqlite3 alone; 2^16: 13.8, 2^12: 7.8). A read over an hour of 10M events a day then seeks
+about 25 epochs instead of 2. PostgreSQL logs each index insert as a small record rather than
 the page, so its wider epochs cost its appends little and keep its reads' seeks few.
 
 The shift is written into the schema (SQLite: the virtual column `events.epoch`;
