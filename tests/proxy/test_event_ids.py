@@ -1,4 +1,4 @@
-"""Proxy event ids (billing/events.py `uuid7`): RFC 9562 UUIDv7 text, time-ordered and
+"""Proxy event ids (billing/events.py `new_proxy_event_id`): RFC 9562 UUIDv7 text, time-ordered and
 unique within the process, also past 4096 ids in one millisecond."""
 
 from __future__ import annotations
