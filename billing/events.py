@@ -68,7 +68,8 @@ class _Uuid7:
     Layout: 48 bits of ms, version 7, a 12-bit counter within the ms, variant 0b10 and
     62 random bits. The text is assembled from cached pieces (the prefix and ms part change
     once a millisecond; random hex digits come from a pool), not from a 128-bit integer:
-    about 7,000 instructions an id under callgrind, where formatting each piece took 13,500.
+    9,500 instructions an id under callgrind (where nearly every id starts a millisecond),
+    where formatting the counter and a prefix added after took 13,500.
     """
 
     def __init__(self, prefix: str = "") -> None:
