@@ -61,8 +61,8 @@ class RuleSet:
         return found
 
     # These three run for every exchange: plain loops, without the generator that any()
-    # or a filtered comprehension would build (under callgrind 4,000 instructions a call
-    # against 9,200 and 10,200 with it).
+    # or a filtered comprehension would build (under callgrind: both `needs_` calls 4,000
+    # instructions against 9,200, `matched` 4,000 against 10,200).
     def needs_request_json(self, candidates: list[tuple[int, dict[str, str]]]) -> bool:
         return _any_of(candidates, self._reads_request_json)
 
