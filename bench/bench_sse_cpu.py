@@ -37,6 +37,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
+from bench.fleet import meterproxy_command
 from bench.processes import Processes, cpu_seconds, cpu_split, free_port, wait_for_port
 from bench.stats import Spread, paired_differences, paired_ratios, spread
 
@@ -46,10 +47,6 @@ ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
 PROVIDERS = ("openai", "anthropic")
 MODES = ("plain", "sse")
 BEFORE = "sse-before"
-# Runs meterproxy from the packages in the directory given as the first argument.
-_LAUNCH_FROM = (
-    "import sys; sys.path.insert(0, sys.argv.pop(1)); from proxy.cli import main; sys.exit(main())"
-)
 SETTLE_SECONDS = 0.15  # > flush_interval: a sample's events are stored within it
 TARGET_PERCENT = 5.0
 
@@ -162,9 +159,8 @@ class Proxy:
 
 
 def _meterproxy_args(mode: str, config: Path, before: Path | None) -> list[str]:
-    if mode == BEFORE and before is not None:
-        return [sys.executable, "-c", _LAUNCH_FROM, str(before), "run", "-c", str(config)]
-    return [sys.executable, "-m", "proxy.cli", "run", "-c", str(config)]
+    tree = before if mode == BEFORE else None
+    return [*meterproxy_command(tree), "run", "-c", str(config)]
 
 
 async def start_all(processes: Processes, workdir: Path, plan: Plan) -> dict[str, Proxy]:

@@ -50,7 +50,7 @@ class Fleet:
 async def start_fleet(processes: Processes, workdir: Path) -> Fleet:
     """Start every server and wait until each listens; RuntimeError if one does not."""
     server_cpus, client_cpus = cpu_split()
-    direct = await _serve(processes, "direct", client_cpus, _upstream_args)
+    direct = await _serve(processes, "direct", client_cpus, upstream_command)
     upstream_port = int(direct.url.rpartition(":")[2])
     targets = [direct, await _serve(processes, "bare", server_cpus, _bare_args(direct.url))]
     binary = nginx_binary()
@@ -75,7 +75,33 @@ async def start_fleet(processes: Processes, workdir: Path) -> Fleet:
     return Fleet(tuple(targets), f"http://127.0.0.1:{admin_port}", version)
 
 
-def _upstream_args(port: int) -> list[str]:
+# Runs proxy.cli from the tree named by the first argument (`--before`), not this one.
+_FROM_TREE = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from proxy.cli import main;"
+              " sys.exit(main())")
+
+
+def meterproxy_command(tree: Path | None = None) -> list[str]:
+    """The command that runs meterproxy's CLI from this tree, or from the checkout at `tree`
+    (another tree's packages, this venv): its arguments follow."""
+    if tree is None:
+        return [PYTHON, "-m", "proxy.cli"]
+    return [PYTHON, "-c", _FROM_TREE, str(tree)]
+
+
+def meterproxy_env(
+    listen: int, admin: int, db: Path, upstream: str | None = None,
+) -> dict[str, str]:
+    """The environment that fills in the benchmark configuration's listeners, SQLite file,
+    admin token and (unless None: its default) upstream."""
+    env = {"BENCH_PROXY_LISTEN": f"127.0.0.1:{listen}", "BENCH_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+           "METERPROXY_ADMIN_TOKEN": ADMIN_TOKEN, "BENCH_DB": str(db)}
+    if upstream is not None:
+        env["BENCH_UPSTREAM"] = upstream
+    return env
+
+
+def upstream_command(port: int) -> list[str]:
+    """The benchmark upstream (bench/upstream.py) listening on `port`."""
     return [PYTHON, str(BENCH / "upstream.py"), f"--port={port}"]
 
 
@@ -88,7 +114,7 @@ def _bare_args(upstream_url: str) -> Callable[[int], list[str]]:
 
 def _meterproxy_args(port: int) -> list[str]:
     # The port reaches the config file through BENCH_PROXY_LISTEN, which _serve sets.
-    return [PYTHON, "-m", "proxy.cli", "run", "-c", str(CONFIG)]
+    return [*meterproxy_command(), "run", "-c", str(CONFIG)]
 
 
 async def _serve(

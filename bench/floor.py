@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import calls
-from bench.fleet import CONFIG, PYTHON, START_SECONDS, Fleet, Target
+from bench.fleet import CONFIG, START_SECONDS, Fleet, Target, meterproxy_command
 from bench.loadgen import LoadGenerator
 from bench.processes import Processes, children, cpu_split, free_port, wait_for_port
 from bench.report import Row
@@ -92,7 +92,7 @@ async def start_variants(processes: Processes, workdir: Path, fleet: Fleet) -> l
             "BENCH_ADMIN_LISTEN": f"127.0.0.1:{admin}",
             "BENCH_DB": str(workdir / f"floor-{i}.db"),
         }
-        args = [PYTHON, "-m", "proxy.cli", "run", "-c", str(config)]
+        args = [*meterproxy_command(), "run", "-c", str(config)]
         process = processes.start(f"floor-{i}", args, server_cpus, env)
         for listening in (port, admin):
             await wait_for_port(listening, process, START_SECONDS)

@@ -32,7 +32,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.fleet import BENCH, PYTHON, START_SECONDS
+from bench.fleet import PYTHON, START_SECONDS, upstream_command
 from bench.floor import Variant, variant_config
 from bench.processes import Processes, cpu_split, free_port, wait_for_port
 
@@ -150,7 +150,7 @@ async def run(seconds: float, writer: str) -> Tail:
         try:
             up, port, admin = free_port(), free_port(), free_port()
             upstream = processes.start(
-                "upstream", [PYTHON, str(BENCH / "upstream.py"), f"--port={up}"], client_cpus, {})
+                "upstream", upstream_command(up), client_cpus, {})
             await wait_for_port(up, upstream, START_SECONDS)
             env = {"BENCH_UPSTREAM": f"http://127.0.0.1:{up}",
                    "BENCH_PROXY_LISTEN": f"127.0.0.1:{port}",

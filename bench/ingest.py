@@ -36,7 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import asyncpg  # type: ignore[import-untyped]
 
-from bench.fleet import ADMIN_TOKEN, CONFIG, PYTHON
+from bench.fleet import ADMIN_TOKEN, CONFIG, meterproxy_command, meterproxy_env
 from bench.loadgen import customer_id
 from bench.processes import Processes, cpu_seconds, cpu_split, free_port, wait_for_port
 from billing.events import format_timestamp, now_ms
@@ -47,9 +47,6 @@ CONCURRENCY = 4
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ROOT = Path(__file__).resolve().parent.parent
 ENGINES = ("sqlite", "postgresql")
-# Runs proxy.cli from the tree named by the first argument (`--before`), not this one.
-FROM_TREE = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from proxy.cli import main;"
-              " sys.exit(main())")
 
 
 @dataclass(frozen=True)
@@ -165,11 +162,8 @@ async def running_server(
     config = workdir / f"{name}.yaml"
     config.write_text(text)
     admin = free_port()
-    env = {"BENCH_PROXY_LISTEN": f"127.0.0.1:{free_port()}",
-           "BENCH_ADMIN_LISTEN": f"127.0.0.1:{admin}", "METERPROXY_ADMIN_TOKEN": ADMIN_TOKEN,
-           "BENCH_DB": str(workdir / f"{name}.db")}
-    command = [PYTHON, "-m", "proxy.cli"] if tree is None else [PYTHON, "-c", FROM_TREE,
-                                                                 str(tree)]
+    env = meterproxy_env(free_port(), admin, workdir / f"{name}.db")
+    command = meterproxy_command(tree)
     processes = Processes(workdir)
     try:
         cpus = frozenset(os.sched_getaffinity(0)) if all_cores else cpu_split()[0]

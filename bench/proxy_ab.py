@@ -20,8 +20,14 @@ import tempfile
 from pathlib import Path
 
 from bench import calls
-from bench.fleet import ADMIN_TOKEN, CONFIG, PYTHON, START_SECONDS, Target
-from bench.ingest import FROM_TREE
+from bench.fleet import (
+    CONFIG,
+    START_SECONDS,
+    Target,
+    meterproxy_command,
+    meterproxy_env,
+    upstream_command,
+)
 from bench.loadgen import pick_generator
 from bench.processes import Processes, cpu_split, free_port, wait_for_port
 from bench.stats import paired_ratios, spread
@@ -33,12 +39,9 @@ async def start(processes: Processes, workdir: Path, name: str, tree: Path | Non
                 upstream: str) -> Target:
     """A `meterproxy run` of the benchmark configuration from `tree` (None: this one)."""
     port, admin = free_port(), free_port()
-    env = {"BENCH_UPSTREAM": upstream, "BENCH_PROXY_LISTEN": f"127.0.0.1:{port}",
-           "BENCH_ADMIN_LISTEN": f"127.0.0.1:{admin}", "METERPROXY_ADMIN_TOKEN": ADMIN_TOKEN,
-           "BENCH_DB": str(workdir / f"{name}.db")}
-    command = [PYTHON, "-m", "proxy.cli"] if tree is None else [PYTHON, "-c", FROM_TREE,
-                                                                 str(tree)]
-    process = processes.start(name, [*command, "run", "-c", str(CONFIG)], cpu_split()[0], env)
+    env = meterproxy_env(port, admin, workdir / f"{name}.db", upstream)
+    command = [*meterproxy_command(tree), "run", "-c", str(CONFIG)]
+    process = processes.start(name, command, cpu_split()[0], env)
     for listening in (port, admin):
         await wait_for_port(listening, process, START_SECONDS)
     return Target(name, f"http://127.0.0.1:{port}", process.pid)
@@ -51,8 +54,7 @@ async def main(before: Path, rounds: int, seconds: float, connections: int) -> N
         processes = Processes(workdir)
         try:
             upstream_port = free_port()
-            up = processes.start("upstream", [PYTHON, str(Path(__file__).with_name(
-                "upstream.py")), f"--port={upstream_port}"], cpu_split()[1])
+            up = processes.start("upstream", upstream_command(upstream_port), cpu_split()[1])
             await wait_for_port(upstream_port, up, START_SECONDS)
             upstream = f"http://127.0.0.1:{upstream_port}"
             targets = [await start(processes, workdir, "before", before, upstream),

@@ -32,9 +32,8 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.fleet import ADMIN_TOKEN, CONFIG, PYTHON
+from bench.fleet import CONFIG, meterproxy_command, meterproxy_env, upstream_command
 from bench.floor import VARIANTS, variant_config
-from bench.ingest import FROM_TREE
 from bench.loadgen import customer_id
 from bench.processes import Processes, cpu_split, free_port, wait_for_port
 from bench.stats import paired_ratios, spread
@@ -81,8 +80,7 @@ def _totals(dump: Path) -> int:
 async def start(processes: Processes, workdir: Path, before: Path | None) -> list[Counted]:
     server_cpus, client_cpus = cpu_split()
     port = free_port()
-    upstream = processes.start("upstream", [PYTHON, str(Path(__file__).with_name("upstream.py")),
-                                            f"--port={port}"], client_cpus)
+    upstream = processes.start("upstream", upstream_command(port), client_cpus)
     await wait_for_port(port, upstream, 30)
     plan: list[tuple[str, str, Path | None]] = [
         ("no rules", variant_config(VARIANTS[0]), None)]
@@ -95,12 +93,8 @@ async def start(processes: Processes, workdir: Path, before: Path | None) -> lis
         config = workdir / f"{slug}.yaml"
         config.write_text(text)
         listen, admin = free_port(), free_port()
-        env = {"BENCH_UPSTREAM": f"http://127.0.0.1:{port}",
-               "BENCH_PROXY_LISTEN": f"127.0.0.1:{listen}",
-               "BENCH_ADMIN_LISTEN": f"127.0.0.1:{admin}", "METERPROXY_ADMIN_TOKEN": ADMIN_TOKEN,
-               "BENCH_DB": str(workdir / f"{slug}.db")}
-        command = [PYTHON, "-m", "proxy.cli"] if tree is None else [PYTHON, "-c", FROM_TREE,
-                                                                     str(tree)]
+        env = meterproxy_env(listen, admin, workdir / f"{slug}.db", f"http://127.0.0.1:{port}")
+        command = meterproxy_command(tree)
         dumps = workdir / f"callgrind.{slug}"
         valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                     "--separate-threads=yes", f"--callgrind-out-file={dumps}"]

@@ -85,9 +85,6 @@ class _Uuid7:
     def _forget_pool(self) -> None:
         self._pool, self._used = "", 0
 
-    def __call__(self) -> str:
-        return self.next()
-
     def next(self) -> str:
         ms = time.time_ns() // 1_000_000
         with self._lock:

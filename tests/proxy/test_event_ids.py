@@ -27,7 +27,7 @@ def test_an_id_is_a_uuid7_with_the_time_in_its_first_48_bits() -> None:
 
 
 def test_ids_are_unique_and_sorted_across_many_pool_refills() -> None:
-    make = _Uuid7()
+    make = _Uuid7().next
     ids = [make() for _ in range(20_000)]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert all(TEXT.fullmatch(i) for i in ids)
@@ -36,7 +36,7 @@ def test_ids_are_unique_and_sorted_across_many_pool_refills() -> None:
 def test_a_busy_millisecond_borrows_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
     ms = 1_764_000_000_000
     monkeypatch.setattr(time, "time_ns", lambda: ms * 1_000_000 + 7)
-    make = _Uuid7()
+    make = _Uuid7().next
     ids = [uuid.UUID(make()) for _ in range(4097)]
     assert [i.int >> 80 for i in (ids[0], ids[4095], ids[4096])] == [ms, ms, ms + 1]
     assert [(i.int >> 64) & 0xFFF for i in (ids[0], ids[4095], ids[4096])] == [0, 4095, 0]
@@ -46,7 +46,7 @@ def test_a_busy_millisecond_borrows_the_next(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_random_bits_vary() -> None:
-    make = _Uuid7()
+    make = _Uuid7().next
     tails = {make()[-12:] for _ in range(1000)}
     assert len(tails) == 1000
     assert {make()[19] for _ in range(400)} == set("89ab")
