@@ -105,11 +105,13 @@ def upstream_command(port: int) -> list[str]:
     return [PYTHON, str(BENCH / "upstream.py"), f"--port={port}"]
 
 
-def _bare_args(upstream_url: str) -> Callable[[int], list[str]]:
-    def args(port: int) -> list[str]:
-        return [PYTHON, str(BENCH / "bare.py"), f"--port={port}", f"--upstream={upstream_url}"]
+def bare_command(port: int, upstream_url: str) -> list[str]:
+    """The bare pass-through proxy (bench/bare.py) on `port`, in front of `upstream_url`."""
+    return [PYTHON, str(BENCH / "bare.py"), f"--port={port}", f"--upstream={upstream_url}"]
 
-    return args
+
+def _bare_args(upstream_url: str) -> Callable[[int], list[str]]:
+    return lambda port: bare_command(port, upstream_url)
 
 
 def _meterproxy_args(port: int) -> list[str]:

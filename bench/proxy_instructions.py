@@ -9,7 +9,8 @@ requests run (`GET /v1/items` with 10,000 customers' ids, 4 at a time) and until
 events are stored, and every thread is counted apart: the event loop, and the others
 (the SQLite writer; the readers do nothing here).
 
-Targets: `no rules` (the floor: identify and forward), `this` (this tree), and with
+Targets: `bare` (bench/bare.py, the floor of our stack: forward only), `no rules`
+(meterproxy identifying and forwarding, no events), `this` (this tree), and with
 `--before TREE` that checkout's meterproxy, all with the same upstream and load, sample
 after sample in turn. Under valgrind meterproxy is some 50x slower, so a flush holds fewer
 events than at full speed: the writer's count per event is an upper bound of its cost in
@@ -32,7 +33,13 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.fleet import CONFIG, meterproxy_command, meterproxy_env, upstream_command
+from bench.fleet import (
+    CONFIG,
+    bare_command,
+    meterproxy_command,
+    meterproxy_env,
+    upstream_command,
+)
 from bench.floor import VARIANTS, variant_config
 from bench.loadgen import customer_id
 from bench.processes import Processes, cpu_split, free_port, wait_for_port
@@ -82,28 +89,43 @@ async def start(processes: Processes, workdir: Path, before: Path | None) -> lis
     port = free_port()
     upstream = processes.start("upstream", upstream_command(port), client_cpus)
     await wait_for_port(port, upstream, 30)
+    upstream_url = f"http://127.0.0.1:{port}"
+    counted = [await _start_bare(processes, workdir, server_cpus, upstream_url)]
     plan: list[tuple[str, str, Path | None]] = [
         ("no rules", variant_config(VARIANTS[0]), None)]
     if before is not None:
         plan.append(("before", CONFIG.read_text(), before))
     plan.append(("this", CONFIG.read_text(), None))
-    counted = []
     for name, text, tree in plan:
         slug = name.replace(" ", "-")
         config = workdir / f"{slug}.yaml"
         config.write_text(text)
         listen, admin = free_port(), free_port()
-        env = meterproxy_env(listen, admin, workdir / f"{slug}.db", f"http://127.0.0.1:{port}")
-        command = meterproxy_command(tree)
+        env = meterproxy_env(listen, admin, workdir / f"{slug}.db", upstream_url)
         dumps = workdir / f"callgrind.{slug}"
-        valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
-                    "--separate-threads=yes", f"--callgrind-out-file={dumps}"]
-        process = processes.start(slug, [*valgrind, *command, "run", "-c", str(config)],
-                                  server_cpus, env)
+        command = [*_valgrind(dumps), *meterproxy_command(tree), "run", "-c", str(config)]
+        process = processes.start(slug, command, server_cpus, env)
         for listening in (listen, admin):
             await wait_for_port(listening, process, START_SECONDS)
         counted.append(Counted(name, f"http://127.0.0.1:{listen}", process.pid, dumps))
     return counted
+
+
+async def _start_bare(processes: Processes, workdir: Path, cpus: frozenset[int],
+                      upstream_url: str) -> Counted:
+    """bench/bare.py under callgrind: the floor meterproxy's own forwarding is counted
+    against (it has no other threads)."""
+    listen = free_port()
+    dumps = workdir / "callgrind.bare"
+    command = [*_valgrind(dumps), *bare_command(listen, upstream_url)]
+    process = processes.start("bare", command, cpus, {})
+    await wait_for_port(listen, process, START_SECONDS)
+    return Counted("bare", f"http://127.0.0.1:{listen}", process.pid, dumps)
+
+
+def _valgrind(dumps: Path) -> list[str]:
+    return ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
+            f"--callgrind-out-file={dumps}"]
 
 
 async def requests(session: aiohttp.ClientSession, url: str, first: int, n: int) -> None:
@@ -152,11 +174,16 @@ def report(found: dict[str, list[tuple[int, int]]], n: int) -> str:
         both = [a + b for a, b in zip(loop, others, strict=True)]
         lines.append(f"| {name} | {spread(loop).render(0)} | {spread(others).render(0)}"
                      f" | {spread(both).render(0)} |")
-    if "before" in found:
-        this = [float(a + b) for a, b in found["this"]]
-        before = [float(a + b) for a, b in found["before"]]
-        lines += ["", f"this/before, all threads: {paired_ratios(this, before).render(3)}"]
+    lines.append("")
+    for name, base in (("no rules", "bare"), ("this", "bare"), ("this", "before")):
+        if name in found and base in found:
+            ratio = paired_ratios(_all_threads(found[name]), _all_threads(found[base]))
+            lines.append(f"{name}/{base}, all threads: {ratio.render(3)}")
     return "\n".join(lines)
+
+
+def _all_threads(samples: list[tuple[int, int]]) -> list[float]:
+    return [float(loop + others) for loop, others in samples]
 
 
 async def main(before: Path | None, rounds: int, n: int) -> str:
