@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 from billing.events import Metadata
 from billing.filters import Filter, Predicate, parse_filter, parse_number
@@ -23,8 +23,9 @@ from billing.money import EXACT
 from billing.settings import Section
 
 __all__ = [
-    "AGGREGATION_TYPES", "Aggregate", "AggregationType", "Meter", "Number", "Skip", "Tally",
-    "fold", "merge", "parse_meters", "parse_number", "quantity", "tally_adder",
+    "AGGREGATION_TYPES", "Aggregate", "AggregateView", "AggregationType", "Meter", "Number",
+    "Skip", "Tally",
+    "as_aggregate", "fold", "merge", "parse_meters", "parse_number", "quantity", "tally_adder",
 ]
 
 AggregationType = Literal["count", "sum", "max", "last"]
@@ -215,11 +216,37 @@ def _later(a: Aggregate, b: Aggregate) -> Aggregate:
     return a if a.value.compare_total(b.value) >= 0 else b
 
 
+class AggregateView(Protocol):
+    """What an `Aggregate` and a `Tally` both show: `count` events, `value` the quantity (the
+    count itself for count; an int where every value was one), and the latest event by
+    (`last_ts`, `last_seq`)."""
+
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def value(self) -> Number: ...
+
+    @property
+    def last_ts(self) -> int: ...
+
+    @property
+    def last_seq(self) -> int: ...
+
+
+def as_aggregate(view: AggregateView) -> Aggregate:
+    """`view` as an Aggregate (itself when it is one)."""
+    if isinstance(view, Aggregate):
+        return view
+    return Aggregate(view.count, Decimal(view.value), view.last_ts, view.last_seq)
+
+
 class Tally:
     """A running `fold` kept mutable, for the event writer's batches: no Aggregate and, while
     every value is an int, no Decimal is built per event. Events must be added in increasing
     store sequence (as they are stored), so an event is the latest unless its timestamp is
-    older. `value` is the sum, max or last value (count reads `count`)."""
+    older. `value` is the quantity, as an `AggregateView`'s: the sum, max or last value, or
+    the count (a count meter's tally starts from the value 1, as `Meter.number` gives it)."""
 
     __slots__ = ("count", "last_seq", "last_ts", "value")
 
@@ -244,7 +271,7 @@ def tally_adder(kind: AggregationType) -> TallyAdder:
 
 
 def _add_count(tally: Tally, value: Number, ts_ms: int, seq: int) -> None:
-    tally.count += 1
+    tally.count = tally.value = tally.count + 1
     if ts_ms >= tally.last_ts:
         tally.last_ts, tally.last_seq = ts_ms, seq
 

@@ -210,7 +210,7 @@ def encode_result(result: AppendResult) -> tuple[Any, ...]:
     rows: DeltaRows = {
         meter: [(customer, start, a.count, str(a.value), a.last_ts, a.last_seq)
                 for (customer, start), a in cells.items()]
-        for meter, cells in deltas.by_meter.items()
+        for meter, cells in deltas.cells.items()
     }
     encoded = (deltas.after_ms, deltas.stamp_ms, deltas.bucket_ms, rows)
     return result.stored, dict(result.skipped), result.watermark, encoded

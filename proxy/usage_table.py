@@ -29,7 +29,7 @@ from typing import Literal
 from billing.cycles import Period
 from billing.engine import OpenPeriods
 from billing.events import UsageEvent
-from billing.meters import Aggregate, AggregationType, Meter, quantity
+from billing.meters import AggregationType, Meter, Number
 from billing.money import EXACT
 from billing.store.base import AggregateDeltas, AppendResult
 from billing.writer import Appender
@@ -90,7 +90,8 @@ class OpenUsageTable:
 
     def _merge(self, deltas: AggregateDeltas, only: AbstractSet[str] | None) -> None:
         """Merge the cells of `only` customers (None: all) into their open periods."""
-        for meter, cells in deltas.by_meter.items():
+        bucket_ms, spans, stale = deltas.bucket_ms, self._spans, self._stale
+        for meter, cells in deltas.cells.items():
             kind = self._kinds.get(meter)
             if kind is None:  # the store folds a meter this configuration does not show
                 continue
@@ -98,12 +99,12 @@ class OpenUsageTable:
             for (customer, start), delta in cells.items():
                 if only is not None and customer not in only:
                     continue
-                span = self._spans.get(customer)
-                where = "across" if span is None else _placed(start, deltas.bucket_ms, span)
+                span = spans.get(customer)
+                where = "across" if span is None else _placed(start, bucket_ms, span)
                 if where == "across" or (where == "inside" and kind == "last"):
-                    self._stale.add(customer)
+                    stale.add(customer)
                 elif where == "inside":
-                    usage[customer] = _combined(kind, usage.get(customer), delta)
+                    usage[customer] = _combined(kind, usage.get(customer), delta.value)
         self.version += 1
 
     # ------------------------------------------------------------------- reads
@@ -183,11 +184,11 @@ def _placed(start_ms: int, bucket_ms: int, span: Period) -> Placement:
     return "across"
 
 
-def _combined(kind: AggregationType, known: Decimal | None, delta: Aggregate) -> Decimal:
-    """A count, sum or max quantity with the aggregate of more events merged in, exactly."""
-    added = quantity(kind, delta)
+def _combined(kind: AggregationType, known: Decimal | None, added: Number) -> Decimal:
+    """A count, sum or max quantity with the quantity of more events merged in, exactly
+    (`EXACT` takes an int as it is)."""
     if known is None:
-        return added
+        return added if type(added) is Decimal else Decimal(added)
     return EXACT.max(known, added) if kind == "max" else EXACT.add(known, added)
 
 

@@ -34,12 +34,14 @@ from typing import Any, Protocol, runtime_checkable
 from billing.events import Metadata, MetadataValue, StoredEvent, UsageEvent
 from billing.meters import (
     Aggregate,
+    AggregateView,
     AggregationType,
     Meter,
     Number,
     Skip,
     Tally,
     TallyAdder,
+    as_aggregate,
     fold,
     merge,
     tally_adder,
@@ -104,17 +106,24 @@ def is_transient(exc: BaseException) -> bool:
 class AggregateDeltas:
     """What one append that stored events added to the aggregates.
 
-    by_meter[meter name][(customer_id, bucket_start)]: the fold of the events it stored in
-    that bucket of `bucket_ms` (meters without such events are absent). `after_ms` is the
-    watermark before the append and `stamp_ms` its events' `ingested_at_ms`: an append
-    directly follows another when its `after_ms` is the other's `stamp_ms`, so a reader of
-    deltas can tell whether it missed a commit.
+    cells[meter name][(customer_id, bucket_start)]: the fold of the events it stored in
+    that bucket of `bucket_ms` (meters without such events are absent), as the append made
+    it: the SQLite engine hands over its batch's tallies, not Aggregates built for every
+    cell of every append. `after_ms` is the watermark before the append and `stamp_ms` its
+    events' `ingested_at_ms`: an append directly follows another when its `after_ms` is the
+    other's `stamp_ms`, so a reader of deltas can tell whether it missed a commit.
     """
 
     after_ms: int
     stamp_ms: int
     bucket_ms: int
-    by_meter: Mapping[str, Mapping[tuple[str, int], Aggregate]]
+    cells: Mapping[str, Mapping[tuple[str, int], AggregateView]]
+
+    @property
+    def by_meter(self) -> dict[str, dict[tuple[str, int], Aggregate]]:
+        """`cells` as Aggregates."""
+        return {meter: {key: as_aggregate(view) for key, view in cells.items()}
+                for meter, cells in self.cells.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,6 +447,12 @@ class BatchFold:
             name: {key: tally.aggregate(self.kinds[name]) for key, tally in tallies.items()}
             for name, tallies in self.tallies.items() if tallies
         }
+
+    @property
+    def cells(self) -> dict[str, dict[tuple[str, int], Tally]]:
+        """`deltas` as the tallies themselves, for `AggregateDeltas.cells`: the batch must not
+        change after."""
+        return {name: tallies for name, tallies in self.tallies.items() if tallies}
 
 
 _Reader = tuple[

@@ -135,7 +135,7 @@ def append(
     merge(conn, batch, sealed_marks(conn))
     for index in fresh:
         stored[index] = True
-    deltas = AggregateDeltas(previous, watermark, batch.bucket_ms, batch.deltas)
+    deltas = AggregateDeltas(previous, watermark, batch.bucket_ms, batch.cells)
     return AppendResult(tuple(stored), dict(batch.skipped), watermark, deltas), inserted.customers
 
 

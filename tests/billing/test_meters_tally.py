@@ -18,6 +18,7 @@ from billing.meters import (
     Number,
     Skip,
     Tally,
+    as_aggregate,
     fold,
     tally_adder,
 )
@@ -62,9 +63,13 @@ def tallied(kind: AggregationType, events: list[tuple[Number, int]]) -> Aggregat
     if not events:
         return None
     add = tally_adder(kind)
-    tally = Tally(events[0][0], events[0][1], 0)
+    # A count meter's value is 1 for every event (`Meter.number`), so its tally starts at 1.
+    tally = Tally(1 if kind == "count" else events[0][0], events[0][1], 0)
     for seq, (value, ts) in enumerate(events[1:], 1):
         add(tally, value, ts, seq)
+    # The tally shows what its Aggregate holds (AggregateView): the count meter's value too.
+    viewed = as_aggregate(tally)
+    assert (viewed, str(viewed.value)) == (tally.aggregate(kind), str(tally.aggregate(kind).value))
     return tally.aggregate(kind)
 
 

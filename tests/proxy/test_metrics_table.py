@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from billing.cycles import Period
 from billing.engine import OpenPeriods, OpenUsageReader
 from billing.events import UsageEvent
-from billing.meters import Aggregate
+from billing.meters import Aggregate, Number, Tally
 from billing.settings import ConfigError
 from billing.statement import StatementStatus
 from billing.store.base import AggregateDeltas
@@ -51,10 +51,10 @@ def loaded(usage: Mapping[str, dict[str, Decimal]] | None = None,
     return table
 
 
-def deltas(after: int, stamp: int, cells: Mapping[tuple[str, str, int], Aggregate],
+def deltas(after: int, stamp: int, cells: Mapping[tuple[str, str, int], Aggregate | Tally],
            bucket: int = BUCKET) -> AggregateDeltas:
     """Deltas of one append; `cells` keyed (meter, customer, bucket start)."""
-    by_meter: dict[str, dict[tuple[str, int], Aggregate]] = {}
+    by_meter: dict[str, dict[tuple[str, int], Aggregate | Tally]] = {}
     for (meter, customer, start), agg in cells.items():
         by_meter.setdefault(meter, {})[(customer, start)] = agg
     return AggregateDeltas(after, stamp, bucket, by_meter)
@@ -62,6 +62,38 @@ def deltas(after: int, stamp: int, cells: Mapping[tuple[str, str, int], Aggregat
 
 def agg(value: int | str, count: int = 1, ts: int = 1500, seq: int = 1) -> Aggregate:
     return Aggregate(count, D(value), ts, seq)
+
+
+def tally(value: Number, count: int = 1, ts: int = 1500, seq: int = 1) -> Tally:
+    """A tally as the SQLite engine hands it over (`BatchFold.cells`): ints stay ints."""
+    made = Tally(value, ts, seq)
+    made.count = count
+    return made
+
+
+def test_tallies_merge_as_their_aggregates_do() -> None:
+    # The same cells, once as Aggregates (PostgreSQL, the store process) and once as the
+    # tallies of an SQLite append: the same quantities, digit for digit, all Decimal.
+    usage = {"api_calls": {"a": D(5)}, "egress_bytes": {"a": D("7.5")},
+             "peak_seats": {"a": D(7)}}
+    cells: dict[tuple[str, str, int], Any] = {
+        ("api_calls", "a", 1000): (tally(3, count=3), agg(3, count=3)),
+        ("api_calls", "b", 1000): (tally(2, count=2), agg(2, count=2)),
+        ("egress_bytes", "a", 1100): (tally(10**20), agg(10**20)),
+        ("egress_bytes", "b", 1100): (tally(D("0.10")), agg("0.10")),
+        ("peak_seats", "a", 1200): (tally(9), agg(9)),
+        ("peak_seats", "b", 1200): (tally(D("2.0")), agg("2.0")),
+    }
+    from_tallies, from_aggregates = loaded(usage), loaded(usage)
+    from_tallies.add(deltas(10, 11, {key: pair[0] for key, pair in cells.items()}))
+    from_aggregates.add(deltas(10, 11, {key: pair[1] for key, pair in cells.items()}))
+    expected = {"api_calls": {"a": "8", "b": "2"}, "egress_bytes": {"a": "100000000000000000007.5",
+                "b": "0.10"}, "peak_seats": {"a": "9", "b": "2.0"}, "output_tokens": {},
+                "storage_gb": {}, "hd_images": {}, "standard_images": {}}
+    for table in (from_tallies, from_aggregates):
+        shown = {m: {c: str(q) for c, q in per.items()} for m, per in table.usage.items()}
+        assert {m: shown.get(m, {}) for m in expected} == expected
+        assert all(type(q) is Decimal for per in table.usage.values() for q in per.values())
 
 
 @pytest.mark.parametrize(("meter", "start", "usage", "stale"), [
