@@ -1,6 +1,6 @@
 """Python work of a PostgreSQL append done while the server works on the append's statements.
 
-An append alternates between Python (folding events, building delta rows and deltas) and the
+An append alternates between Python (folding events, building delta rows) and the
 server (inserting events, merging aggregates). Done one after the other, the append takes the
 sum of both, and the fleet's appends queue behind its row lock for all of it. Both sides fit
 on different cores, so the append starts a statement, does the Python work that does not
@@ -13,7 +13,7 @@ are stored, and the caller discards it when the insert was refused.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from billing.events import UsageEvent
@@ -33,20 +33,6 @@ async def fold_in_slices(batch: BatchFold, events: Sequence[UsageEvent], first_s
     for start in range(0, len(events), FOLD_SLICE):
         batch.add_all(events[start:start + FOLD_SLICE], first_seq + start)
         await asyncio.sleep(0)
-
-
-async def beside(statement: Coroutine[Any, Any, T], work: Callable[[], U]) -> tuple[T, U]:
-    """Run `statement`, and `work` once the statement is on its way to the server; both
-    results. When either fails, the statement is cancelled and awaited, and the error
-    raised as it is (the store translates driver errors)."""
-    task = asyncio.create_task(statement)
-    try:
-        await asyncio.sleep(0)  # the task's first step sends the statement
-        result = work()
-        return await task, result
-    except BaseException:
-        await _stop(task)
-        raise
 
 
 async def both(statement: Coroutine[Any, Any, T], work: Coroutine[Any, Any, U]) -> tuple[T, U]:

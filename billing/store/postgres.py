@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 
 from billing.events import StoredEvent, UsageEvent, now_ms
-from billing.meters import Aggregate, Meter, merge
+from billing.meters import Aggregate, Meter, Tally, merge
 from billing.store import (
     overlap,
     pg_aggregates,
@@ -392,16 +392,15 @@ class PostgresStore(PostgresLedger):
                 await self._rebuild(conn, self._meters[name])
 
     async def _merge(self, conn: Connection, batch: BatchFold,
-                     until_ms: int) -> dict[str, dict[tuple[str, int], Aggregate]]:
-        """Merge an append's fold into the aggregate rows (`_delta_rows`); its deltas, built
-        while the server merges."""
+                     until_ms: int) -> dict[str, dict[tuple[str, int], Tally]]:
+        """Merge an append's fold into the aggregate rows (`_delta_rows`); its deltas, the
+        batch's tallies (`BatchFold.cells`)."""
         rows = self._delta_rows(batch, until_ms)
         if not rows:
             return {}
         await pg_aggregates.stage_rows(conn, rows)
-        _, deltas = await overlap.beside(pg_aggregates.merge_staged(conn, self._kinds),
-                                         lambda: batch.deltas)
-        return deltas
+        await pg_aggregates.merge_staged(conn, self._kinds)
+        return batch.cells
 
     def _delta_rows(self, batch: BatchFold, until_ms: int) -> list[pg_aggregates.DeltaRow]:
         """A batch's tallies as delta rows of the bucket rows, and of the rollup rows of days

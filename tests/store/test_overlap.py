@@ -1,6 +1,5 @@
 """The PostgreSQL append's overlap of Python work with the server's (billing/store/overlap.py):
-the same fold as folding in one go, work that runs while the statement is in flight, and
-failures that leave no task behind."""
+the same fold as folding in one go, and failures that leave no task behind."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ import asyncio
 import pytest
 
 from billing.store.base import BatchFold
-from billing.store.overlap import FOLD_SLICE, beside, both, fold_in_slices
+from billing.store.overlap import FOLD_SLICE, both, fold_in_slices
 from tests.store.factories import event, meter
 
 METERS = (meter("calls", "tokens", "count"), meter("sum", "tokens", "sum", "n"),
@@ -48,21 +47,6 @@ async def test_folding_in_slices_lets_other_tasks_run_between_slices() -> None:
     assert {FOLD_SLICE, 2 * FOLD_SLICE} <= set(turns)  # it ran after each slice
 
 
-async def test_beside_runs_the_work_while_the_statement_is_in_flight() -> None:
-    sent = asyncio.Event()
-    answer = asyncio.get_running_loop().create_future()
-
-    async def statement() -> str:
-        sent.set()  # what a driver does before it awaits the server's answer
-        return await answer
-
-    def work() -> bool:
-        answer.get_loop().call_soon(answer.set_result, "merged")
-        return sent.is_set()
-
-    assert await beside(statement(), work) == ("merged", True)
-
-
 async def _waits_until_cancelled(cancelled: asyncio.Event) -> None:
     """A side that never finishes on its own and records its cancellation."""
     try:
@@ -70,17 +54,6 @@ async def _waits_until_cancelled(cancelled: asyncio.Event) -> None:
     except asyncio.CancelledError:
         cancelled.set()
         raise
-
-
-async def test_beside_cancels_the_statement_when_the_work_fails() -> None:
-    cancelled = asyncio.Event()
-
-    def work() -> None:
-        raise ValueError("bad fold")
-
-    with pytest.raises(ValueError, match="bad fold"):
-        await beside(_waits_until_cancelled(cancelled), work)
-    assert cancelled.is_set()
 
 
 async def test_both_raises_the_statement_error_and_cancels_the_work() -> None:
@@ -96,14 +69,11 @@ async def test_both_raises_the_statement_error_and_cancels_the_work() -> None:
 
 
 async def test_cancelling_the_caller_cancels_both_sides() -> None:
-    first, second, third = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    callers = [asyncio.create_task(both(_waits_until_cancelled(first),
-                                        _waits_until_cancelled(second))),
-               asyncio.create_task(beside(_waits_until_cancelled(third), lambda: None))]
+    first, second = asyncio.Event(), asyncio.Event()
+    caller = asyncio.create_task(both(_waits_until_cancelled(first),
+                                      _waits_until_cancelled(second)))
     await asyncio.sleep(0.01)
-    for caller in callers:
-        caller.cancel()
-    for caller in callers:
-        with pytest.raises(asyncio.CancelledError):
-            await caller
-    assert first.is_set() and second.is_set() and third.is_set()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert first.is_set() and second.is_set()
