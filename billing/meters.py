@@ -24,8 +24,8 @@ from billing.settings import Section
 
 __all__ = [
     "AGGREGATION_TYPES", "Aggregate", "AggregateView", "AggregationType", "Meter", "Number",
-    "Skip", "Tally",
-    "as_aggregate", "fold", "merge", "parse_meters", "parse_number", "quantity", "tally_adder",
+    "Skip", "Tally", "as_aggregate", "fold", "merge", "parse_meters", "parse_number",
+    "quantity", "tally_adder",
 ]
 
 AggregationType = Literal["count", "sum", "max", "last"]

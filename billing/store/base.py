@@ -108,10 +108,11 @@ class AggregateDeltas:
 
     cells[meter name][(customer_id, bucket_start)]: the fold of the events it stored in
     that bucket of `bucket_ms` (meters without such events are absent), as the append made
-    it: the SQLite engine hands over its batch's tallies, not Aggregates built for every
-    cell of every append. `after_ms` is the watermark before the append and `stamp_ms` its
-    events' `ingested_at_ms`: an append directly follows another when its `after_ms` is the
-    other's `stamp_ms`, so a reader of deltas can tell whether it missed a commit.
+    it: both engines hand over their batch's tallies, not Aggregates built for every cell
+    of every append (a store process's arrive as Aggregates). `after_ms` is the watermark
+    before the append and `stamp_ms` its events' `ingested_at_ms`: an append directly
+    follows another when its `after_ms` is the other's `stamp_ms`, so a reader of deltas can
+    tell whether it missed a commit.
     """
 
     after_ms: int
