@@ -28,6 +28,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -122,7 +123,53 @@ class Clock:
         return self.now
 
 
-async def measure(db: Path, customers: int, previews: int) -> None:
+@dataclass(frozen=True)
+class Figures:
+    """What one measurement on a copy of the cached store found."""
+
+    previews: int  # 0: none timed (then p50 and p99 are None)
+    preview_p50_ms: float | None
+    preview_p99_ms: float | None
+    open_usage_customers: int
+    open_usage_s: float
+    runs: tuple[tuple[str, float, int, int], ...]  # (label, seconds, drafted, finalized)
+
+    def run(self, label: str) -> tuple[float, int, int]:
+        """The run called `label`: (seconds, drafted, finalized)."""
+        return next((s, d, f) for name, s, d, f in self.runs if name == label)
+
+    def lines(self) -> list[str]:
+        found = []
+        if self.preview_p50_ms is not None and self.preview_p99_ms is not None:
+            found.append(f"usage preview through the admin API ({self.previews} customers): "
+                         f"p50 {self.preview_p50_ms:.2f} ms, p99 {self.preview_p99_ms:.2f} ms")
+        found.append(f"open-period usage of {self.open_usage_customers:,} customers (/metrics): "
+                     f"{self.open_usage_s:.2f} s")
+        found += [f"period close, {label}: {seconds:.2f} s (drafted {drafted:,}, "
+                  f"finalized {finalized:,})" for label, seconds, drafted, finalized in self.runs]
+        return found
+
+
+DRAFTS = "month ended: every draft"
+FINALS = "grace over: every final statement"
+RUNS = ((DRAFTS, MONTH_END + 1), (FINALS, MONTH_END + HOUR + 1),
+        ("nothing due", MONTH_END + HOUR + 2))
+
+
+def default_cache(events: int = 10_000_000, customers: int = 10_000) -> Path:
+    """Where the store of `events` events of `customers` customers is cached."""
+    return Path(tempfile.gettempdir()) / f"meterproxy-bench-billing-{customers}-{events}.db"
+
+
+async def measure_copy(cache: Path, customers: int, previews: int) -> Figures:
+    """`measure` on a copy of `cache` (the runs write statements: the cache stays clean)."""
+    with tempfile.TemporaryDirectory() as workdir:
+        db = Path(workdir) / "billing.db"
+        await asyncio.to_thread(shutil.copyfile, cache, db)  # seconds for 3 GB
+        return await measure(db, customers, previews)
+
+
+async def measure(db: Path, customers: int, previews: int) -> Figures:
     clock = Clock(MONTH_END - HOUR // 2)
     mp = MeterProxy(bench_config(db), registry=CollectorRegistry(), clock=clock)
     await mp.start()
@@ -131,22 +178,23 @@ async def measure(db: Path, customers: int, previews: int) -> None:
         admin = f"http://127.0.0.1:{mp.port('admin')}"
         headers = {"Authorization": f"Bearer {TOKEN}"}
         async with aiohttp.ClientSession(headers=headers) as session:
-            await preview_latency(session, admin, customers, previews)
+            p50, p99 = (None, None) if previews == 0 else await preview_latency(
+                session, admin, customers, previews)
             started = time.perf_counter()
             usage = await mp.engine.open_usage(clock.now)
-            print(f"open-period usage of {len(usage['api_calls']):,} customers (/metrics): "
-                  f"{time.perf_counter() - started:.2f} s")
-            for label, at in (("month ended: every draft", MONTH_END + 1),
-                              ("grace over: every final statement", MONTH_END + HOUR + 1),
-                              ("nothing due", MONTH_END + HOUR + 2)):
+            open_usage_s = time.perf_counter() - started
+            runs = []
+            for label, at in RUNS:
                 clock.now = at
-                await timed_run(session, admin, label)
+                runs.append((label, *await timed_run(session, admin)))
     finally:
         await mp.stop()
+    return Figures(previews, p50, p99, len(usage["api_calls"]), open_usage_s, tuple(runs))
 
 
 async def preview_latency(session: aiohttp.ClientSession, admin: str, customers: int,
-                          previews: int) -> None:
+                          previews: int) -> tuple[float, float]:
+    """p50 and p99 (ms) of `previews` usage previews of random customers."""
     rng = random.Random(3)
     timings = []
     for _ in range(previews):
@@ -157,18 +205,16 @@ async def preview_latency(session: aiohttp.ClientSession, admin: str, customers:
             assert response.status == 200, body
         timings.append((time.perf_counter() - started) * 1000)
     timings.sort()
-    p50, p99 = statistics.median(timings), timings[int(len(timings) * 0.99) - 1]
-    print(f"usage preview through the admin API ({previews} customers): "
-          f"p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+    return statistics.median(timings), timings[max(int(len(timings) * 0.99) - 1, 0)]
 
 
-async def timed_run(session: aiohttp.ClientSession, admin: str, label: str) -> None:
+async def timed_run(session: aiohttp.ClientSession, admin: str) -> tuple[float, int, int]:
+    """One billing run: its seconds, and the statements it drafted and finalized."""
     started = time.perf_counter()
     async with session.post(f"{admin}/v1/billing/run") as response:
         result = await response.json()
         assert response.status == 200, result
-    print(f"period close, {label}: {time.perf_counter() - started:.2f} s "
-          f"(drafted {result['drafted']:,}, finalized {result['finalized']:,})")
+    return time.perf_counter() - started, result["drafted"], result["finalized"]
 
 
 async def main() -> None:
@@ -178,15 +224,12 @@ async def main() -> None:
     parser.add_argument("--previews", type=int, default=1000)
     parser.add_argument("--cache", type=Path, default=None)
     args = parser.parse_args()
-    cache = args.cache or Path(tempfile.gettempdir()) / (
-        f"meterproxy-bench-billing-{args.customers}-{args.events}.db")
+    cache = args.cache or default_cache(args.events, args.customers)
     if not cache.exists():
         print(f"generating {args.events:,} events of {args.customers:,} customers into {cache}")
         await generate(cache, args.events, args.customers)
-    with tempfile.TemporaryDirectory() as workdir:
-        db = Path(workdir) / "billing.db"
-        shutil.copyfile(cache, db)  # the runs write statements: keep the cache clean
-        await measure(db, args.customers, args.previews)
+    figures = await measure_copy(cache, args.customers, args.previews)
+    print("\n".join(figures.lines()))
 
 
 if __name__ == "__main__":

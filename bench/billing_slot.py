@@ -1,23 +1,29 @@
 """The billing rows. The usage preview is measured on the running meterproxy once the soak
-has stored its events (10,000 customers, the reference monthly plan); the full period close
-needs periods that have ended over 10M events, which a 10-minute run cannot build, so its
-row says "not measured yet" and why. Before the billing routes existed both rows said so."""
+has stored its events (10,000 customers, the reference monthly plan). The full period close
+needs periods that have ended over 10M events, which a 10-minute run cannot build: it is
+timed on a copy of the store `bench/bench_billing.py` builds and caches (about 10 minutes,
+once per machine) when that cache exists; otherwise its row says "not measured yet" and
+how to build it. Before the billing routes existed both rows said so."""
 
 from __future__ import annotations
 
 import random
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import aiohttp
 
+from bench import bench_billing
 from bench.loadgen import CUSTOMERS, customer_id
-from bench.report import NOT_MEASURED, Row
+from bench.report import NOT_MEASURED, Row, verdict
 from bench.stats import percentile
 
 TARGET = "see the billing issue"
 CLOSE_FIGURE = "billing: full period close, 10,000 customers / 10M events (s)"
-CLOSE_WHY = "needs ended periods over 10M events: more than a 10-minute run can store"
+CLOSE_WHY = ("needs ended periods over 10M events: run bench/bench_billing.py once"
+             " (about 10 minutes) to cache them")
+CLOSE_TARGET = "< 10 s"  # the billing issue's, for every customer's statement
 
 
 async def route_exists(session: aiohttp.ClientSession, method: str, url: str) -> bool:
@@ -36,9 +42,11 @@ async def preview_ms(session: aiohttp.ClientSession, admin_url: str, customer: s
     return (time.perf_counter() - started) * 1000
 
 
-async def rows(admin_url: str, token: str, customers: Sequence[str], events: int) -> list[Row]:
+async def rows(admin_url: str, token: str, customers: Sequence[str], events: int,
+               cache: Path | None = None) -> list[Row]:
     """The preview row (timed once per customer in `customers` when the route exists) and
-    the close row. `events` is about how many events the store holds."""
+    the close row, timed on a copy of `cache` (bench_billing's store; None: not built).
+    `events` is about how many events the running store holds."""
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession(headers=headers) as session:
         # The other method: a 405 proves the route whether or not the customer exists,
@@ -47,7 +55,17 @@ async def rows(admin_url: str, token: str, customers: Sequence[str], events: int
         close = await route_exists(session, "GET", f"{admin_url}/v1/billing/run")
         found = [await preview_ms(session, admin_url, c) for c in (customers if usage else ())]
     figure = f"billing: usage preview, {CUSTOMERS:,} customers, ~{events / 1e6:.1f}M events (ms)"
-    return [_preview_row(figure, found), _close_row(close)]
+    if not close:
+        return [_preview_row(figure, found), _close_row("route not built yet")]
+    if cache is None:
+        return [_preview_row(figure, found), _close_row(CLOSE_WHY)]
+    return [_preview_row(figure, found), await _timed_close_row(cache)]
+
+
+def cached_store() -> Path | None:
+    """bench_billing's cached 10M-event store, if this machine has built it."""
+    cache = bench_billing.default_cache()
+    return cache if cache.exists() else None
 
 
 def sample_customers(n: int, seed: int = 7) -> list[str]:
@@ -68,6 +86,18 @@ def _preview_row(figure: str, found: list[float]) -> Row:
     )
 
 
-def _close_row(exists: bool) -> Row:
-    why = CLOSE_WHY if exists else "route not built yet"
+def _close_row(why: str) -> Row:
     return Row(figure=CLOSE_FIGURE, meterproxy=NOT_MEASURED, result=why, target=TARGET)
+
+
+async def _timed_close_row(cache: Path) -> Row:
+    found = await bench_billing.measure_copy(cache, CUSTOMERS, previews=0)
+    drafts, drafted, _ = found.run(bench_billing.DRAFTS)
+    finals, _, finalized = found.run(bench_billing.FINALS)
+    return Row(
+        figure=CLOSE_FIGURE,
+        meterproxy=f"drafts {drafts:.1f}, finals {finals:.1f}",
+        result=f"{drafted:,} drafts, then {finalized:,} final statements (bench_billing's store)",
+        target=CLOSE_TARGET,
+        verdict=verdict(max(drafts, finals) < 10),
+    )

@@ -147,7 +147,8 @@ async def _measure(
         events = 2 * out.served + ingested  # each soak request stores api.call and bandwidth
         out.rows.extend(
             await billing_slot.rows(
-                fleet.admin_url, ADMIN_TOKEN, billing_slot.sample_customers(plan.previews), events
+                fleet.admin_url, ADMIN_TOKEN, billing_slot.sample_customers(plan.previews), events,
+                billing_slot.cached_store(),
             )
         )
     return out

@@ -1,13 +1,19 @@
-"""bench/billing_slot.py against admin apps with and without the billing routes."""
+"""bench/billing_slot.py against admin apps with and without the billing routes, and the
+period close timed on a copy of a (small) cached store."""
 
 from __future__ import annotations
 
+import re
+import tempfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from bench.billing_slot import CLOSE_WHY, rows
+from bench import bench_billing
+from bench.billing_slot import CLOSE_FIGURE, CLOSE_TARGET, CLOSE_WHY, cached_store, rows
 from bench.report import NOT_MEASURED
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -45,3 +51,30 @@ async def test_with_the_routes_previews_are_timed_and_close_explained(
     assert preview.meterproxy.startswith("p50 ") and ", p99 " in preview.meterproxy
     assert preview.result == "2 customers"
     assert (close.meterproxy, close.result) == (NOT_MEASURED, CLOSE_WHY)
+
+
+async def test_with_a_cached_store_the_close_is_timed_on_a_copy(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    # bench_billing's store, small: 40 customers' January; the close drafts and then
+    # finalises a statement for each, on a copy (the cache keeps no statement).
+    cache = tmp_path / "billing-cache.db"
+    await bench_billing.generate(cache, events=2_000, customers=40)
+    before = cache.read_bytes()
+    server = await aiohttp_server(_admin(with_billing=True))
+    url = str(server.make_url("")).rstrip("/")
+    _, close = await rows(url, "token", ["a"], 1_000, cache)
+    assert close.figure == CLOSE_FIGURE and close.target == CLOSE_TARGET
+    assert re.fullmatch(r"drafts \d+\.\d, finals \d+\.\d", close.meterproxy)
+    assert close.result == "40 drafts, then 40 final statements (bench_billing's store)"
+    assert close.verdict == "met"  # 40 customers close in well under 10 s
+    assert cache.read_bytes() == before
+
+
+def test_the_cached_store_is_found_only_once_built(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert cached_store() is None
+    bench_billing.default_cache().write_bytes(b"")
+    assert cached_store() == tmp_path / "meterproxy-bench-billing-10000-10000000.db"
