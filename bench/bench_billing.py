@@ -13,8 +13,9 @@ sets, it prints:
   nothing due.
 
 Run: .venv/bin/python bench/bench_billing.py [--events 10000000] [--customers 10000]
-     [--previews 1000] [--cache /tmp/meterproxy-bench-billing-10000000.db]
-The first run generates the cache (a few minutes); later runs reuse it.
+     [--previews 1000] [--cache /tmp/meterproxy-bench-billing-10000-10000000.db]
+The first run generates the cache (about 10 minutes); later runs reuse it, and so does
+`make bench`'s billing phase, which times the period close on a copy of it.
 """
 
 from __future__ import annotations
