@@ -9,8 +9,9 @@ the target being measured is busy at any moment, so each proxy has core 0 to its
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,17 +63,32 @@ async def start_fleet(processes: Processes, workdir: Path) -> Fleet:
             return [binary, *prepare_prefix(prefix, port, upstream_port)]
 
         targets.append(await _serve(processes, "nginx", server_cpus, nginx_args))
-    admin_port = free_port()
-    env = {
-        "BENCH_UPSTREAM": direct.url,
-        "BENCH_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
-        "BENCH_DB": str(workdir / "meterproxy.db"),
-        "METERPROXY_ADMIN_TOKEN": ADMIN_TOKEN,
-    }
-    targets.append(
-        await _serve(processes, "meterproxy", server_cpus, _meterproxy_args, env, (admin_port,))
-    )
-    return Fleet(tuple(targets), f"http://127.0.0.1:{admin_port}", version)
+    meterproxy, admin_url = await start_meterproxy(processes, workdir, "meterproxy", direct.url)
+    targets.append(meterproxy)
+    return Fleet(tuple(targets), admin_url, version)
+
+
+async def start_meterproxy(
+    processes: Processes, workdir: Path, name: str, upstream: str, *,
+    config_text: str | None = None, tree: Path | None = None,
+    wrapper: Sequence[str] = (), start_seconds: float = START_SECONDS,
+) -> tuple[Target, str]:
+    """`meterproxy run` of `config_text` (None: the benchmark configuration) in front of
+    `upstream`, from `tree` (None: this one), under `wrapper` (e.g. valgrind), pinned to the
+    servers' core, its SQLite file in `workdir`; once both its listeners answer, the target
+    and its admin URL."""
+    slug = name.replace(" ", "-").replace(",", "").replace("'", "")
+    config = CONFIG
+    if config_text is not None:
+        config = workdir / f"{slug}.yaml"
+        await asyncio.to_thread(config.write_text, config_text)
+    listen, admin = free_port(), free_port()
+    env = meterproxy_env(listen, admin, workdir / f"{slug}.db", upstream)
+    command = [*wrapper, *meterproxy_command(tree), "run", "-c", str(config)]
+    process = processes.start(slug, command, cpu_split()[0], env)
+    for port in (listen, admin):
+        await wait_for_port(port, process, start_seconds)
+    return Target(name, f"http://127.0.0.1:{listen}", process.pid), f"http://127.0.0.1:{admin}"
 
 
 # Runs proxy.cli from the tree named by the first argument (`--before`), not this one.
@@ -114,23 +130,11 @@ def _bare_args(upstream_url: str) -> Callable[[int], list[str]]:
     return lambda port: bare_command(port, upstream_url)
 
 
-def _meterproxy_args(port: int) -> list[str]:
-    # The port reaches the config file through BENCH_PROXY_LISTEN, which _serve sets.
-    return [*meterproxy_command(), "run", "-c", str(CONFIG)]
-
-
 async def _serve(
-    processes: Processes,
-    name: str,
-    cpus: frozenset[int],
-    command: Callable[[int], list[str]],
-    env: dict[str, str] | None = None,
-    also: tuple[int, ...] = (),
+    processes: Processes, name: str, cpus: frozenset[int], command: Callable[[int], list[str]],
 ) -> Target:
-    """Start `command(port)` on a free port; wait until it listens there and on `also`."""
+    """Start `command(port)` on a free port; wait until it listens there."""
     port = free_port()
-    env = {**(env or {}), "BENCH_PROXY_LISTEN": f"127.0.0.1:{port}"}
-    process = processes.start(name, command(port), cpus, env)
-    for listening in (port, *also):
-        await wait_for_port(listening, process, START_SECONDS)
+    process = processes.start(name, command(port), cpus)
+    await wait_for_port(port, process, START_SECONDS)
     return Target(name, f"http://127.0.0.1:{port}", process.pid)

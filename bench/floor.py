@@ -16,16 +16,15 @@ what the tuned schedule saves.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench import calls
-from bench.fleet import CONFIG, START_SECONDS, Fleet, Target, meterproxy_command
+from bench.fleet import CONFIG, Fleet, Target, start_meterproxy
 from bench.loadgen import LoadGenerator
-from bench.processes import Processes, children, cpu_split, free_port, wait_for_port
+from bench.processes import Processes, children, cpu_split
 from bench.report import Row
 from bench.stats import paired_differences, paired_ratios, spread
 
@@ -79,27 +78,15 @@ def variant_config(variant: Variant) -> str:
 
 async def start_variants(processes: Processes, workdir: Path, fleet: Fleet) -> list[Target]:
     """Start one meterproxy per VARIANTS entry, pinned like the reference one."""
-    server_cpus, client_cpus = cpu_split()
     upstream = fleet.target("direct").url
     targets = []
-    for i, variant in enumerate(VARIANTS):
-        config = workdir / f"floor-{i}.yaml"
-        await asyncio.to_thread(config.write_text, variant_config(variant))
-        port, admin = free_port(), free_port()
-        env = {
-            "BENCH_UPSTREAM": upstream,
-            "BENCH_PROXY_LISTEN": f"127.0.0.1:{port}",
-            "BENCH_ADMIN_LISTEN": f"127.0.0.1:{admin}",
-            "BENCH_DB": str(workdir / f"floor-{i}.db"),
-        }
-        args = [*meterproxy_command(), "run", "-c", str(config)]
-        process = processes.start(f"floor-{i}", args, server_cpus, env)
-        for listening in (port, admin):
-            await wait_for_port(listening, process, START_SECONDS)
+    for variant in VARIANTS:
+        target, _ = await start_meterproxy(processes, workdir, variant.name, upstream,
+                                           config_text=variant_config(variant))
         if variant.second_core:
-            for child in children(process.pid):
-                os.sched_setaffinity(child, client_cpus)
-        targets.append(Target(variant.name, f"http://127.0.0.1:{port}", process.pid))
+            for child in children(target.pid):
+                os.sched_setaffinity(child, cpu_split()[1])
+        targets.append(target)
     return targets
 
 

@@ -20,31 +20,12 @@ import tempfile
 from pathlib import Path
 
 from bench import calls
-from bench.fleet import (
-    CONFIG,
-    START_SECONDS,
-    Target,
-    meterproxy_command,
-    meterproxy_env,
-    upstream_command,
-)
+from bench.fleet import START_SECONDS, start_meterproxy, upstream_command
 from bench.loadgen import pick_generator
 from bench.processes import Processes, cpu_split, free_port, wait_for_port
 from bench.stats import paired_ratios, spread
 
 WARM_UP_SECONDS = 3.0
-
-
-async def start(processes: Processes, workdir: Path, name: str, tree: Path | None,
-                upstream: str) -> Target:
-    """A `meterproxy run` of the benchmark configuration from `tree` (None: this one)."""
-    port, admin = free_port(), free_port()
-    env = meterproxy_env(port, admin, workdir / f"{name}.db", upstream)
-    command = [*meterproxy_command(tree), "run", "-c", str(CONFIG)]
-    process = processes.start(name, command, cpu_split()[0], env)
-    for listening in (port, admin):
-        await wait_for_port(listening, process, START_SECONDS)
-    return Target(name, f"http://127.0.0.1:{port}", process.pid)
 
 
 async def main(before: Path, rounds: int, seconds: float, connections: int) -> None:
@@ -57,8 +38,10 @@ async def main(before: Path, rounds: int, seconds: float, connections: int) -> N
             up = processes.start("upstream", upstream_command(upstream_port), cpu_split()[1])
             await wait_for_port(upstream_port, up, START_SECONDS)
             upstream = f"http://127.0.0.1:{upstream_port}"
-            targets = [await start(processes, workdir, "before", before, upstream),
-                       await start(processes, workdir, "this", None, upstream)]
+            targets = []
+            for name, tree in (("before", before), ("this", None)):
+                target, _ = await start_meterproxy(processes, workdir, name, upstream, tree=tree)
+                targets.append(target)
             for target in targets:
                 await load.run(target.url + calls.PATH, connections, WARM_UP_SECONDS)
             found: calls.Results = {t.name: [] for t in targets}

@@ -33,13 +33,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.fleet import (
-    CONFIG,
-    bare_command,
-    meterproxy_command,
-    meterproxy_env,
-    upstream_command,
-)
+from bench.fleet import bare_command, start_meterproxy, upstream_command
 from bench.floor import VARIANTS, variant_config
 from bench.loadgen import customer_id
 from bench.processes import Processes, cpu_split, free_port, wait_for_port
@@ -91,23 +85,17 @@ async def start(processes: Processes, workdir: Path, before: Path | None) -> lis
     await wait_for_port(port, upstream, 30)
     upstream_url = f"http://127.0.0.1:{port}"
     counted = [await _start_bare(processes, workdir, server_cpus, upstream_url)]
-    plan: list[tuple[str, str, Path | None]] = [
+    plan: list[tuple[str, str | None, Path | None]] = [
         ("no rules", variant_config(VARIANTS[0]), None)]
     if before is not None:
-        plan.append(("before", CONFIG.read_text(), before))
-    plan.append(("this", CONFIG.read_text(), None))
+        plan.append(("before", None, before))
+    plan.append(("this", None, None))
     for name, text, tree in plan:
-        slug = name.replace(" ", "-")
-        config = workdir / f"{slug}.yaml"
-        config.write_text(text)
-        listen, admin = free_port(), free_port()
-        env = meterproxy_env(listen, admin, workdir / f"{slug}.db", upstream_url)
-        dumps = workdir / f"callgrind.{slug}"
-        command = [*_valgrind(dumps), *meterproxy_command(tree), "run", "-c", str(config)]
-        process = processes.start(slug, command, server_cpus, env)
-        for listening in (listen, admin):
-            await wait_for_port(listening, process, START_SECONDS)
-        counted.append(Counted(name, f"http://127.0.0.1:{listen}", process.pid, dumps))
+        dumps = workdir / f"callgrind.{name.replace(' ', '-')}"
+        target, _ = await start_meterproxy(processes, workdir, name, upstream_url,
+                                           config_text=text, tree=tree,
+                                           wrapper=_valgrind(dumps), start_seconds=START_SECONDS)
+        counted.append(Counted(name, target.url, target.pid, dumps))
     return counted
 
 

@@ -28,14 +28,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.fleet import (
-    CONFIG,
-    START_SECONDS,
-    bare_command,
-    meterproxy_command,
-    meterproxy_env,
-    upstream_command,
-)
+from bench.fleet import START_SECONDS, bare_command, start_meterproxy, upstream_command
 from bench.floor import VARIANTS, variant_config
 from bench.loadgen import customer_id
 from bench.processes import Processes, cpu_split, free_port, wait_for_port
@@ -62,17 +55,10 @@ async def start(processes: Processes, workdir: Path) -> dict[str, str]:
     bare = processes.start("bare", bare_command(listen, upstream_url), server_cpus)
     await wait_for_port(listen, bare, START_SECONDS)
     urls = {"bare": f"http://127.0.0.1:{listen}{PATH}"}
-    for name, text in (("no rules", variant_config(VARIANTS[0])),
-                       ("reference rules", CONFIG.read_text())):
-        slug = name.replace(" ", "-")
-        config = workdir / f"{slug}.yaml"
-        config.write_text(text)
-        listen, admin = free_port(), free_port()
-        env = meterproxy_env(listen, admin, workdir / f"{slug}.db", upstream_url)
-        process = processes.start(slug, [*meterproxy_command(), "run", "-c", str(config)],
-                                  server_cpus, env)
-        await wait_for_port(listen, process, START_SECONDS)
-        urls[name] = f"http://127.0.0.1:{listen}{PATH}"
+    for name, text in (("no rules", variant_config(VARIANTS[0])), ("reference rules", None)):
+        target, _ = await start_meterproxy(processes, workdir, name, upstream_url,
+                                           config_text=text)
+        urls[name] = target.url + PATH
     return urls
 
 
