@@ -140,8 +140,6 @@ def _flat(value: Any) -> MetadataValue | None:
     """Metadata is flat: containers become compact JSON text; overlong text is refused."""
     if isinstance(value, _KEPT_AS_IS):
         return value
-    if type(value) is str and value.isascii():  # the usual text: no decoding to check
-        return value if len(value) <= MAX_VALUE_CHARS and "\x00" not in value else None
     if isinstance(value, _CONTAINERS):
         value = json.dumps(value, separators=(",", ":"), default=str)
     text = str(value)
