@@ -442,17 +442,9 @@ class BatchFold:
             add(e.customer_id, e.event_name, e.timestamp_ms, seq, e.metadata)
 
     @property
-    def deltas(self) -> dict[str, dict[tuple[str, int], Aggregate]]:
-        """Per meter with any delta, (customer_id, bucket_start) -> the fold of its events."""
-        return {
-            name: {key: tally.aggregate(self.kinds[name]) for key, tally in tallies.items()}
-            for name, tallies in self.tallies.items() if tallies
-        }
-
-    @property
     def cells(self) -> dict[str, dict[tuple[str, int], Tally]]:
-        """`deltas` as the tallies themselves, for `AggregateDeltas.cells`: the batch must not
-        change after."""
+        """Per meter with any delta, (customer_id, bucket_start) -> the tally of its events,
+        for `AggregateDeltas.cells`: the batch must not change after."""
         return {name: tallies for name, tallies in self.tallies.items() if tallies}
 
 
