@@ -256,11 +256,6 @@ class Tally:
         self.last_ts = ts_ms
         self.last_seq = seq
 
-    def aggregate(self, kind: AggregationType) -> Aggregate:
-        """The `fold` of the same events, in order."""
-        value = self.count if kind == "count" else self.value
-        return Aggregate(self.count, Decimal(value), self.last_ts, self.last_seq)
-
 
 TallyAdder = Callable[[Tally, Number, int, int], None]
 

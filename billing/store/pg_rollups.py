@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from billing.meters import Aggregate, AggregationType, Tally
+from billing.meters import Aggregate, AggregationType, Tally, as_aggregate
 from billing.store.base import ROLLUP_BUCKETS, ReadPlan, bucket_start, merged
 from billing.store.pg_aggregates import MERGED_LAST, MERGED_VALUE, DeltaRow, value_text
 from billing.store.pg_connection import Connection
@@ -61,7 +61,7 @@ def row_deltas(
                      value_text(t.count if counts else t.value), t.last_ts, t.last_seq))
         if start < until_ms:  # a late event: its day has a rollup row to keep whole
             key = (customer_id, bucket_start(start, rollup_ms))
-            rollups[key] = merged(kind, rollups.get(key), t.aggregate(kind))
+            rollups[key] = merged(kind, rollups.get(key), as_aggregate(t))
     rows.extend((meter, customer_id, start, rollup_ms, a.count, value_text(a.value), a.last_ts,
                  a.last_seq) for (customer_id, start), a in rollups.items())
     return rows
